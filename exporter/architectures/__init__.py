@@ -1,1 +1,3 @@
-"""planforge.exporter.architectures"""
+"""One adapter per model family; importing this package registers them all."""
+
+from planforge.exporter.architectures import gpt2, llama, mistral, qwen2  # noqa: F401

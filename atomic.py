@@ -1,0 +1,66 @@
+"""Write a directory completely or not at all.
+
+Output is built in a hidden temporary sibling and renamed into place only on
+success, so an interrupted or failed run never leaves a partial OUT behind.
+SIGTERM is turned into an exception so the temporary directory is removed too;
+a SIGKILL can leave only the hidden ``.OUT.partial-*`` sibling, which the next
+run into the same OUT removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from planforge.errors import OutputExistsError
+
+PARTIAL_MARK = ".partial-"
+
+
+class Terminated(BaseException):
+    """Raised in place of SIGTERM while an atomic write is in progress."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"terminated by signal {signum}")
+
+
+def _remove_stale_partials(out: Path) -> None:
+    for stale in out.parent.glob(f".{out.name}{PARTIAL_MARK}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
+    """Yields an empty temporary directory that becomes ``out`` when the block succeeds."""
+    out = Path(out).absolute()
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists. Choose another -o, or pass --force to replace it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}", dir=out.parent))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if _in_main_thread() else None
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}{PARTIAL_MARK}old")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,49 @@
+"""Every failure planforge reports to a user has its own class and says what to do.
+
+The CLI prints ``str(error)`` and exits with status 2; a traceback from deep
+inside a library is a bug.
+"""
+
+
+class PlanforgeError(Exception):
+    """Base class: a problem with the user's input or environment, with a fix in the message."""
+
+
+class ModelNotFoundError(PlanforgeError):
+    """The model directory is missing, empty, or not a Hugging Face model."""
+
+
+class UnsupportedArchitectureError(PlanforgeError):
+    """The model's architecture has no exporter adapter."""
+
+
+class UnsupportedConfigError(PlanforgeError):
+    """A supported architecture uses a config option the exporter cannot express."""
+
+
+class AdapterError(PlanforgeError):
+    """A LoRA adapter directory could not be loaded or merged."""
+
+
+class OutputExistsError(PlanforgeError):
+    """The output directory already exists and --force was not given."""
+
+
+class CompiledModelError(PlanforgeError):
+    """A compiled model directory is missing files, or its model.onnx is corrupt or truncated."""
+
+
+class PromptTooLongError(PlanforgeError):
+    """A prompt does not fit in the model's exported maximum sequence length."""
+
+
+class TokenizerMissingError(PlanforgeError):
+    """Text was given but the compiled model has no tokenizer."""
+
+
+class BackendUnavailableError(PlanforgeError):
+    """The requested execution provider or backend is not installed or cannot run this model."""
+
+
+class ComparisonError(PlanforgeError):
+    """Two models cannot be compared (different vocabularies, no prompts, ...)."""

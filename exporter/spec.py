@@ -1,0 +1,94 @@
+"""What an architecture adapter hands the shared decoder builder.
+
+Adapters translate a family's config and state dict into these plain records;
+``decoder_graph.build_decoder_graph`` turns them into the canonical ONNX graph.
+Weights are torch tensors in the ``torch.nn.Linear`` convention ([out, in]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class DecoderDims:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_seq_len: int
+
+    def __post_init__(self):
+        assert self.num_heads % self.num_kv_heads == 0, "GQA needs num_heads divisible by num_kv_heads"
+
+
+@dataclass(frozen=True)
+class DecoderStyle:
+    """The structural choices that distinguish families."""
+
+    norm: Literal["rms", "layer"]
+    norm_eps: float
+    positions: Literal["rotary", "learned"]
+    activation: Literal["silu", "gelu_tanh", "gelu", "relu"]
+    gated_mlp: bool
+    # Per layer: the number of most recent keys each query may see (itself
+    # included), or None for full causal attention.
+    sliding_windows: tuple[Optional[int], ...]
+    # Per layer softmax scale; None means 1/sqrt(head_dim).
+    attention_scales: tuple[Optional[float], ...]
+
+
+@dataclass
+class Linear:
+    """One linear layer; ``module`` is its name in the source model, ``role`` its canonical role."""
+
+    module: str
+    role: str
+    weight: torch.Tensor  # (out_features, in_features)
+    bias: Optional[torch.Tensor] = None
+
+
+@dataclass
+class Norm:
+    module: str
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor] = None
+
+
+@dataclass
+class LayerWeights:
+    attention_module: str
+    attn_norm: Norm
+    q_proj: Linear
+    k_proj: Linear
+    v_proj: Linear
+    o_proj: Linear
+    mlp_norm: Norm
+    up_proj: Linear
+    down_proj: Linear
+    gate_proj: Optional[Linear] = None  # present when DecoderStyle.gated_mlp
+
+    def linears(self) -> list[Linear]:
+        order = [self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj, self.down_proj]
+        return [linear for linear in order if linear is not None]
+
+
+@dataclass
+class DecoderWeights:
+    embed_module: str
+    embed_tokens: torch.Tensor  # (vocab, hidden)
+    layers: list[LayerWeights]
+    final_norm: Norm
+    lm_head: Linear  # weight (vocab, hidden); ``tied`` when it is embed_tokens
+    tied_lm_head: bool
+    position_embeddings: Optional[torch.Tensor] = None  # (max_positions, hidden), learned positions
+    position_module: str = ""
+    rotary_cos: Optional[torch.Tensor] = None  # (max_seq_len, rotary_dim / 2)
+    rotary_sin: Optional[torch.Tensor] = None
+    extra: dict = field(default_factory=dict)
