@@ -47,3 +47,11 @@ class BackendUnavailableError(PlanforgeError):
 
 class ComparisonError(PlanforgeError):
     """Two models cannot be compared (different vocabularies, no prompts, ...)."""
+
+
+class InvalidPromptError(PlanforgeError):
+    """A prompt is empty or holds token ids outside the vocabulary."""
+
+
+class InvalidGenerationConfigError(PlanforgeError):
+    """A sampling or generation setting is out of range."""

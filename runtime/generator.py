@@ -1,0 +1,133 @@
+"""``Generator``: prefill, then a decode loop over the KV cache, for a left-padded batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from planforge.errors import InvalidGenerationConfigError, InvalidPromptError, PromptTooLongError
+from planforge.runtime.backend import Backend
+from planforge.runtime.sampling import Sampler, SamplingConfig
+
+TokenCallback = Callable[[int, int], None]  # (row in the batch, new token id)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 64
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the model's EOS ids
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise InvalidGenerationConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # new tokens per prompt, a stop token included when one ended it
+    finish_reasons: list[str]  # "stop", "length" (max_new_tokens) or "max_seq_len"
+    prompt_lengths: list[int]
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def new_token_count(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # Prefill produces the first token of each row; the rest come from decode steps.
+        decoded = self.new_token_count - len(self.tokens)
+        return decoded / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-aligns prompts: ids (B, L) and attention mask (B, L), 0 on the padding."""
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        if len(prompt):
+            ids[row, width - len(prompt):] = prompt
+            mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+class Generator:
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.manifest = backend.manifest
+
+    def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> None:
+        if not prompts:
+            raise InvalidPromptError("no prompts were given.")
+        vocab, limit = self.manifest.dims.vocab_size, self.manifest.dims.max_seq_len
+        for i, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise InvalidPromptError(f"prompt {i} is empty; give at least one token.")
+            if len(prompt) > limit:
+                raise PromptTooLongError(
+                    f"prompt {i} has {len(prompt)} tokens but the model was exported with max_seq_len {limit}. "
+                    "Shorten the prompt, or re-export with a larger --max-seq-len.")
+            if min(prompt) < 0 or max(prompt) >= vocab:
+                raise InvalidPromptError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab}).")
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray):
+        positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)  # (B, L); padding positions are unused
+        logits, cache = self.backend.forward(ids, mask, positions, self.backend.empty_cache(ids.shape[0]))
+        return logits[:, -1], cache, positions[:, -1]
+
+    def decode_one_token(self, tokens: np.ndarray, mask: np.ndarray, last_positions: np.ndarray, cache):
+        positions = (last_positions + 1)[:, None]  # (B, 1)
+        logits, cache = self.backend.forward(tokens[:, None], mask, positions, cache)
+        return logits[:, -1], cache, positions[:, 0]
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        config: GenerationConfig = GenerationConfig(),
+        on_token: Optional[TokenCallback] = None,
+    ) -> GenerationResult:
+        self._check_prompts(prompts)
+        stops = set(config.stop_token_ids) | (set() if config.ignore_eos else set(self.manifest.eos_token_ids))
+        pad_id = self.manifest.pad_token_id if self.manifest.pad_token_id is not None else 0
+        sample = Sampler(config.sampling)
+        ids, mask = left_pad(prompts, pad_id)
+        batch, limit = len(prompts), self.manifest.dims.max_seq_len
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        reasons: list[Optional[str]] = [None] * batch
+
+        start = time.perf_counter()
+        logits, cache, positions = self.prefill(ids, mask)
+        prefill_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        while True:
+            next_tokens = sample(logits)  # (B,)
+            for row in range(batch):
+                if reasons[row] is not None:
+                    continue
+                token = int(next_tokens[row])
+                tokens[row].append(token)
+                if on_token is not None:
+                    on_token(row, token)
+                if token in stops:
+                    reasons[row] = "stop"
+                elif len(tokens[row]) >= config.max_new_tokens:
+                    reasons[row] = "length"
+                elif mask.shape[1] + 1 > limit:
+                    reasons[row] = "max_seq_len"
+            if all(r is not None for r in reasons):
+                break
+            # Finished rows keep stepping (batch shapes stay fixed) on padding that no one reads.
+            feed = np.where([r is None for r in reasons], next_tokens, pad_id).astype(np.int64)
+            mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+            logits, cache, positions = self.decode_one_token(feed, mask, positions, cache)
+        decode_seconds = time.perf_counter() - start
+        return GenerationResult(tokens=tokens, finish_reasons=[str(r) for r in reasons],
+                                prompt_lengths=[len(p) for p in prompts],
+                                prefill_seconds=prefill_seconds, decode_seconds=decode_seconds)

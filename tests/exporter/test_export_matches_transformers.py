@@ -1,0 +1,97 @@
+"""Exported fp32 logits equal transformers' for prefill and 8 decode steps through the KV cache."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from planforge.runtime import Session
+
+FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
+ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
+
+
+def _padded_batch(seed: int, length: int, pad: int):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 300, (2, length), generator=g)
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[1, :pad] = 0  # row 1 is left-padded
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefill_and_decode_logits_match(family, tiny_model, hf_model):
+    source, compiled = tiny_model(family)
+    model, session = hf_model(source), Session(compiled)
+    ids, mask, positions = _padded_batch(0, length=20, pad=5)  # 20 > Mistral's window of 8
+    logits, cache = session.forward(ids.numpy(), mask.numpy(), positions.numpy(), session.empty_cache(2))
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    real = mask.bool().numpy()  # padding rows are not compared: their outputs are never read
+    np.testing.assert_allclose(logits[real], ref.logits.numpy()[real], atol=ATOL, rtol=0)
+
+    past = ref.past_key_values
+    g = torch.Generator().manual_seed(1)
+    for step in range(8):
+        token = torch.randint(1, 300, (2, 1), generator=g)
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+        positions = positions[:, -1:] + 1
+        logits, cache = session.forward(token.numpy(), mask.numpy(), positions.numpy(), cache)
+        with torch.no_grad():
+            ref = model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=past,
+                        use_cache=True)
+        past = ref.past_key_values
+        np.testing.assert_allclose(logits, ref.logits.numpy(), atol=ATOL, rtol=0, err_msg=f"decode step {step}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graph_is_canonical(family, tiny_model):
+    _, compiled = tiny_model(family)
+    model = onnx.load(compiled / "model.onnx")
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Attention") == 2  # one per layer
+    attention = next(n for n in model.graph.node if n.op_type == "Attention")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in attention.attribute}
+    heads, kv_heads = {"qwen2": (4, 1), "gpt2": (4, 4)}.get(family, (4, 2))
+    assert (attrs["q_num_heads"], attrs["kv_num_heads"]) == (heads, kv_heads)
+    rotary, norm = (0, "LayerNormalization") if family == "gpt2" else (4, "RMSNormalization")
+    assert ops.count("RotaryEmbedding") == rotary
+    assert ops.count(norm) == 5  # two per layer and the final norm
+    assert model.opset_import[0].version == 23
+    inputs = [i.name for i in model.graph.input]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs[3:5] == ["past_key_values.0.key", "past_key_values.0.value"]
+    assert [o.name for o in model.graph.output][:3] == ["logits", "present.0.key", "present.0.value"]
+
+
+def test_mistral_window_is_smaller_than_the_sequence(tiny_model):
+    """Guards the sliding-window test above: the window must really cut the context."""
+    from planforge.runtime import Manifest
+
+    manifest = Manifest.load(tiny_model("mistral")[1])
+    assert manifest.sliding_windows == [8, 8]
+
+
+def test_fp16_export_runs_and_tracks_fp32(tiny_model):
+    source, compiled16 = tiny_model("llama", "fp16")
+    _, compiled32 = tiny_model("llama")
+    ids, mask, positions = _padded_batch(2, length=12, pad=0)
+    s16, s32 = Session(compiled16), Session(compiled32)
+    l16, _ = s16.forward(ids.numpy(), mask.numpy(), positions.numpy(), s16.empty_cache(2))
+    l32, _ = s32.forward(ids.numpy(), mask.numpy(), positions.numpy(), s32.empty_cache(2))
+    assert l16.dtype == np.float32  # logits are always fp32
+    np.testing.assert_allclose(l16, l32, atol=2e-2, rtol=0)
+    weights = {t.name: t for t in onnx.load(compiled16 / "model.onnx").graph.initializer}
+    assert weights["model.layers.0.self_attn.q_proj.weight"].data_type == onnx.TensorProto.FLOAT16
+
+
+def test_bf16_export_is_valid_onnx(tmp_path, tiny_model):
+    from planforge.exporter.api import ExportOptions, export
+
+    source, _ = tiny_model("llama")
+    export(str(source), tmp_path / "bf16", ExportOptions(dtype="bf16"))
+    model = onnx.load(tmp_path / "bf16" / "model.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    weights = {t.name: t for t in model.graph.initializer}
+    assert weights["model.layers.0.mlp.down_proj.weight"].data_type == onnx.TensorProto.BFLOAT16
