@@ -1,0 +1,47 @@
+"""Lazy access to Triton for the plugin kernels.
+
+Importing a plugin package never imports Triton: CI machines have no GPU and no
+Triton. Kernels call :func:`require_triton` on their first use instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class TritonNotAvailableError(ImportError):
+    """Raised when a Triton kernel is asked for on a machine without Triton."""
+
+
+def require_triton():
+    """Returns the ``triton`` module or raises an error that says what to do."""
+    try:
+        import triton  # noqa: PLC0415 (lazy on purpose)
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise TritonNotAvailableError(
+            "Triton is not installed: `pip install planforge[gpu]` on a machine with an "
+            "NVIDIA GPU, or run the op's torch reference (CPU tensors use it automatically)."
+        ) from exc
+    return triton
+
+
+def triton_available() -> bool:
+    try:
+        require_triton()
+    except TritonNotAvailableError:
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_kernel(t) -> bool:
+    """Whether a tensor should go to the Triton kernel rather than the torch reference."""
+    return t.is_cuda or (interpreting() and triton_available())
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())

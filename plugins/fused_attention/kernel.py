@@ -1,0 +1,243 @@
+"""Triton kernels for fused attention: FlashAttention-style prefill and split-K decode.
+
+Prefill: one program per (query block, batch x query head). Causal blocks left of
+the diagonal run without masks; the diagonal blocks, and every block of the
+sliding-window path, are masked. With a window, the key loop covers only the sink
+keys plus the window, so the work per query is flat in sequence length.
+
+Decode (FlashDecoding): the cache of each sequence is split into ``num_splits``
+chunks by its own length. A program handles one (chunk, batch x KV head) and all
+``Hq / Hkv`` query heads of the group at once, so each K/V byte is read once. A
+second kernel merges the chunks with their log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._triton import interpreting, next_pow2, require_triton
+
+triton = require_triton()
+import triton.language as tl  # noqa: E402
+
+LOG2E = 1.4426950408889634
+
+
+
+@triton.jit
+def _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, qpos, qk_scale,
+               lo, hi, key_end, window, sinks,
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, WINDOWED: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        kpos = start_n + offs_n  # (BN,)
+        if MASKED:
+            kin = kpos < key_end
+            k = tl.load(k_ptrs + start_n * stride_kn, mask=kin[None, :], other=0.0)  # (D, BN)
+        else:
+            k = tl.load(k_ptrs + start_n * stride_kn)  # (D, BN)
+        qk = tl.dot(q, k) * qk_scale  # (BM, BN), log2 domain
+        if MASKED:
+            vis = (kpos[None, :] <= qpos[:, None]) & kin[None, :]
+            if WINDOWED:
+                vis &= ((qpos[:, None] - kpos[None, :]) < window) | (kpos[None, :] < sinks)
+            qk = tl.where(vis, qk, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptrs + start_n * stride_vn, mask=kin[:, None], other=0.0)  # (BN, D)
+        else:
+            v = tl.load(v_ptrs + start_n * stride_vn)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_ij
+    return acc, l_i, m_i
+
+def _prefill_configs():
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    ]
+
+@triton.autotune(configs=_prefill_configs(), key=["HEAD_D", "WINDOWED", "LONG"])
+@triton.jit
+def prefill_kernel(Q, K, V, O, qk_scale, Sq, Skv, Hq, G, window, sinks,
+                   sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
+                   HEAD_D: tl.constexpr, WINDOWED: tl.constexpr, LONG: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    num_m = tl.cdiv(Sq, BLOCK_M)
+    start_m = num_m - 1 - tl.program_id(0)  # longest rows first
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    hkv = h // G
+    offset = Skv - Sq  # absolute position of query row 0
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    q_ptrs = Q + b.to(tl.int64) * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=offs_m[:, None] < Sq, other=0.0)  # (BM, D)
+    k_ptrs = K + b.to(tl.int64) * skb + hkv * skh + offs_n[None, :] * sks + offs_d[:, None]
+    v_ptrs = V + b.to(tl.int64) * svb + hkv * svh + offs_n[:, None] * svs + offs_d[None, :]
+    qpos = offset + offs_m
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
+    first_q = offset + start_m * BLOCK_M
+    hi = tl.minimum(first_q + BLOCK_M, Skv)
+    if WINDOWED:
+        lo = tl.maximum(first_q - window + 1, 0) // BLOCK_N * BLOCK_N
+        sink_hi = tl.minimum(sinks, lo)
+        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, qpos, qk_scale,
+                                   0, sink_hi, sink_hi, window, sinks, BLOCK_N, True, False)
+        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, qpos, qk_scale,
+                                   lo, hi, Skv, window, sinks, BLOCK_N, True, True)
+    else:
+        diag = first_q // BLOCK_N * BLOCK_N
+        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, qpos, qk_scale,
+                                   0, diag, Skv, window, sinks, BLOCK_N, False, False)
+        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, qpos, qk_scale,
+                                   diag, hi, Skv, window, sinks, BLOCK_N, True, False)
+    out = acc / l_i[:, None]
+    o_ptrs = O + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < Sq)
+
+def _decode_configs():
+    if interpreting():
+        return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_N": 128}, num_warps=8, num_stages=3),
+    ]
+
+@triton.autotune(configs=_decode_configs(), key=["HEAD_D", "G_PAD", "NUM_SPLITS"])
+@triton.jit
+def decode_split_kernel(Q, K, V, L, Opart, LSEpart, qk_scale, Hq, Hkv,
+                        sqb, sqh, skb, skh, sks, svb, svh, svs,
+                        NUM_SPLITS: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
+                        HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    split = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hkv
+    hkv = bh % Hkv
+    seqlen = tl.load(L + b)
+    per_split = tl.cdiv(tl.cdiv(seqlen, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, seqlen)
+    offs_g = tl.arange(0, G_PAD)
+    offs_d = tl.arange(0, HEAD_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    heads = hkv * G + offs_g  # (G_PAD,) query heads of this KV group
+    q = tl.load(Q + b.to(tl.int64) * sqb + heads[:, None] * sqh + offs_d[None, :],
+                mask=offs_g[:, None] < G, other=0.0)  # (G_PAD, D)
+    k_ptrs = K + b.to(tl.int64) * skb + hkv * skh + offs_n[None, :] * sks + offs_d[:, None]
+    v_ptrs = V + b.to(tl.int64) * svb + hkv * svh + offs_n[:, None] * svs + offs_d[None, :]
+    m_i = tl.full([G_PAD], -1.0e30, tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, HEAD_D], tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        kin = (start_n + offs_n) < hi
+        k = tl.load(k_ptrs + start_n * sks, mask=kin[None, :], other=0.0)  # (D, BN)
+        qk = tl.dot(q, k) * qk_scale
+        qk = tl.where(kin[None, :], qk, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptrs + start_n * svs, mask=kin[:, None], other=0.0)  # (BN, D)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_ij
+    has = l_i > 0
+    out = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
+    lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("-inf"))
+    row = (b * Hq + heads) * NUM_SPLITS + split  # (G_PAD,)
+    gm = offs_g < G
+    tl.store(Opart + row[:, None].to(tl.int64) * HEAD_D + offs_d[None, :], out, mask=gm[:, None])
+    tl.store(LSEpart + row, lse, mask=gm)
+
+@triton.jit
+def decode_combine_kernel(Opart, LSEpart, O, Hq, sob, soh,
+                          NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_D: tl.constexpr):
+    bh = tl.program_id(0)
+    b = bh // Hq
+    h = bh % Hq
+    offs_s = tl.arange(0, SPLITS_PAD)
+    offs_d = tl.arange(0, HEAD_D)
+    sm = offs_s < NUM_SPLITS
+    lse = tl.load(LSEpart + bh * NUM_SPLITS + offs_s, mask=sm, other=float("-inf"))
+    w = tl.math.exp2(lse - tl.max(lse, 0))  # (S,)
+    o = tl.load(Opart + (bh * NUM_SPLITS + offs_s)[:, None].to(tl.int64) * HEAD_D + offs_d[None, :],
+                mask=sm[:, None], other=0.0)  # (S, D)
+    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(O + b.to(tl.int64) * sob + h * soh + offs_d, out.to(O.dtype.element_ty))
+
+
+
+def _qk_scale(scale: float, d: int) -> float:
+    return (scale if scale > 0 else 1.0 / math.sqrt(d)) * LOG2E
+
+
+def _check_common(q, k, v):
+    assert q.dtype == k.dtype == v.dtype and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    assert q.shape[-1] in (16, 32, 64, 128, 256), "head dim must be a power of two in [16, 256]"
+    assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "head dim must be contiguous"
+
+
+def prefill(q, k, v, scale: float = 0.0, window: int = 0, sinks: int = 0) -> torch.Tensor:
+    """Triton causal prefill attention; see reference.attention_prefill."""
+    _check_common(q, k, v)
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    assert Hq % Hkv == 0 and Skv >= Sq
+    o = torch.empty_like(q)
+    grid = lambda meta: (triton_cdiv(Sq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
+    prefill_kernel[grid](
+        q, k, v, o, _qk_scale(scale, D), Sq, Skv, Hq, Hq // Hkv, window, sinks,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        HEAD_D=D, WINDOWED=window > 0, LONG=Sq >= 1024,
+    )
+    return o
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def default_num_splits(batch_kv_heads: int, smax: int, device) -> int:
+    """Enough chunks for about four programs per SM, none shorter than 256 keys."""
+    sms = 132 if interpreting() else torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton_cdiv(4 * sms, batch_kv_heads), triton_cdiv(smax, 256)))
+
+
+def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 0) -> torch.Tensor:
+    """Triton split-K decode attention; see reference.attention_decode."""
+    _check_common(q, k_cache, v_cache)
+    B, Hq, D = q.shape
+    Hkv, Smax = k_cache.shape[1], k_cache.shape[2]
+    assert Hq % Hkv == 0 and seq_lens.dtype == torch.int32 and seq_lens.shape == (B,)
+    g = Hq // Hkv
+    splits = num_splits or default_num_splits(B * Hkv, Smax, q.device)
+    o_part = torch.empty((B * Hq * splits, D), dtype=torch.float32, device=q.device)
+    lse_part = torch.empty((B * Hq * splits,), dtype=torch.float32, device=q.device)
+    decode_split_kernel[(splits, B * Hkv)](
+        q, k_cache, v_cache, seq_lens, o_part, lse_part, _qk_scale(scale, D), Hq, Hkv,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        NUM_SPLITS=splits, G=g, G_PAD=max(16, next_pow2(g)), HEAD_D=D,
+    )
+    o = torch.empty_like(q)
+    decode_combine_kernel[(B * Hq,)](
+        o_part, lse_part, o, Hq, o.stride(0), o.stride(1),
+        NUM_SPLITS=splits, SPLITS_PAD=max(2, next_pow2(splits)), HEAD_D=D,
+    )
+    return o
