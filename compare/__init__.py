@@ -1,1 +1,1 @@
-"""planforge.compare"""
+"""planforge.compare: Polygraphy-based accuracy comparison of compiled and source models."""

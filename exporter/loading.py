@@ -15,6 +15,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def resolve_model_dir(model: str) -> Path:
     """A local model directory, or the snapshot of a hub id already in the local cache."""
     path = Path(model).expanduser()
+    if not path.exists() and (path.is_absolute() or model.startswith((".", "~"))):
+        raise ModelNotFoundError(f"{model} does not exist. Pass a Hugging Face model directory.")
     if path.exists():
         if not path.is_dir():
             raise ModelNotFoundError(f"{model} is a file; pass the Hugging Face model directory that contains it.")
@@ -55,7 +57,9 @@ def load_config(model_dir: Path):
 def load_model(model_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # planforge shows its own progress
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
     except OSError as exc:

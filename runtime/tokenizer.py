@@ -30,10 +30,11 @@ class Tokenizer:
 class TextStreamer:
     """Turns one row's token callbacks into text deltas, holding back incomplete UTF-8."""
 
-    def __init__(self, tokenizer: Tokenizer, write, row: int = 0):
+    def __init__(self, tokenizer: Tokenizer, write, row: int = 0, prefix: str = ""):
         self.tokenizer, self.write, self.row = tokenizer, write, row
         self._ids: list[int] = []
         self._emitted = ""
+        self._prefix = prefix  # written with the first token, e.g. the prompt itself
 
     def __call__(self, row: int, token: int) -> None:
         if row != self.row:
@@ -42,5 +43,5 @@ class TextStreamer:
         text = self.tokenizer.decode(self._ids)
         if text.endswith("\ufffd"):
             return
-        self.write(text[len(self._emitted):])
-        self._emitted = text
+        self.write(self._prefix + text[len(self._emitted):])
+        self._prefix, self._emitted = "", text

@@ -1,0 +1,57 @@
+"""The ``planforge`` command: one module per subcommand, errors printed as one line with a fix."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from planforge import __version__
+from planforge.cli import compare, export, run
+from planforge.errors import PlanforgeError
+
+app = typer.Typer(
+    name="planforge",
+    help="Compile Hugging Face decoder LLMs to ONNX Runtime models (and TensorRT engines), run and compare them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for module in (export, run, compare):
+    app.command(name=module.NAME, help=module.command.__doc__)(module.command)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"planforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the planforge version and exit.")):
+    pass
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except PlanforgeError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; no output was written.", fg=typer.colors.YELLOW, err=True)
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as error:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

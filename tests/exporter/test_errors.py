@@ -1,0 +1,149 @@
+"""Bad input gets its own error class, a message that says what to do, and no partial output."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from planforge.errors import (CompiledModelError, ModelNotFoundError, OutputExistsError,
+                              UnsupportedArchitectureError, UnsupportedConfigError)
+from planforge.exporter.api import ExportOptions, export
+from planforge.runtime import Session
+
+
+def test_missing_model_directory(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        export(str(tmp_path / "nope"), tmp_path / "out")
+
+
+def test_empty_model_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="empty directory"):
+        export(str(tmp_path / "empty"), tmp_path / "out")
+
+
+def test_directory_without_config(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        export(str(tmp_path / "weights"), tmp_path / "out")
+
+
+def test_uncached_hub_id_is_not_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    with pytest.raises(ModelNotFoundError, match="never downloads"):
+        export("some-org/some-model-that-is-not-cached", tmp_path / "out")
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
+    from transformers import OPTConfig
+
+    config = OPTConfig(hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2, vocab_size=100)
+    config.architectures = ["OPTForCausalLM"]
+    config.save_pretrained(tmp_path / "opt")
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        export(str(tmp_path / "opt"), tmp_path / "out")
+    message = str(info.value)
+    assert "OPTForCausalLM" in message
+    for name in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel"):
+        assert name in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_learned_positions_cap_max_seq_len(tiny_model, tmp_path):
+    source, _ = tiny_model("gpt2")  # n_positions = 256
+    with pytest.raises(UnsupportedConfigError, match="--max-seq-len 256 or less"):
+        export(str(source), tmp_path / "out", ExportOptions(max_seq_len=512))
+
+
+def test_existing_output_is_refused_without_force(tiny_model, tmp_path):
+    source, _ = tiny_model("llama")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(OutputExistsError, match="--force"):
+        export(str(source), out)
+    assert (out / "keep.txt").read_text() == "user data"
+    export(str(source), out, ExportOptions(force=True))
+    assert (out / "model.onnx").is_file() and not (out / "keep.txt").exists()
+
+
+def test_failed_export_leaves_nothing(tiny_model, tmp_path, monkeypatch):
+    import planforge.exporter.api as api
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(api, "_save_onnx", fail)
+    with pytest.raises(RuntimeError):
+        export(str(tiny_model("llama")[0]), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+_SLOW_EXPORT = textwrap.dedent("""
+    import sys, time
+    import planforge.exporter.api as api
+    save = api._save_onnx
+    def save_then_hang(*args):
+        result = save(*args)  # model.onnx is now half of the output
+        print("WROTE", flush=True)
+        time.sleep(120)
+        return result
+    api._save_onnx = save_then_hang
+    from planforge.cli.app import main
+    sys.argv = ["planforge", "export", sys.argv[1], "-o", sys.argv[2], "--quiet"]
+    main()
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGINT])
+def test_killed_export_leaves_no_partial_output(sig, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_EXPORT, str(tiny_model("llama")[0]), str(out)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "WROTE"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert not out.exists()
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    if sig == signal.SIGKILL:  # nothing can run on SIGKILL: only a hidden partial sibling may remain
+        assert all(name.startswith(".out.partial-") for name in leftovers)
+        export(str(tiny_model("llama")[0]), out)  # the next export cleans it up
+        assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    else:
+        assert leftovers == []
+
+
+def _copy_compiled(tiny_model, tmp_path) -> Path:
+    target = tmp_path / "compiled"
+    shutil.copytree(tiny_model("llama")[1], target)
+    return target
+
+
+def test_truncated_model_onnx(tiny_model, tmp_path):
+    compiled = _copy_compiled(tiny_model, tmp_path)
+    data = (compiled / "model.onnx").read_bytes()
+    (compiled / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CompiledModelError, match="corrupt or truncated"):
+        Session(compiled)
+
+
+def test_garbage_model_onnx(tiny_model, tmp_path):
+    compiled = _copy_compiled(tiny_model, tmp_path)
+    (compiled / "model.onnx").write_bytes(b"\x00not an onnx model" * 100)
+    with pytest.raises(CompiledModelError, match="Re-export"):
+        Session(compiled)
+
+
+def test_missing_model_onnx_and_manifest(tiny_model, tmp_path):
+    compiled = _copy_compiled(tiny_model, tmp_path)
+    (compiled / "model.onnx").unlink()
+    with pytest.raises(CompiledModelError, match="no model.onnx"):
+        Session(compiled)
+    (compiled / "planforge.json").unlink()
+    with pytest.raises(CompiledModelError, match="planforge export"):
+        Session(compiled)
