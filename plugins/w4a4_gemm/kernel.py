@@ -1,0 +1,178 @@
+"""Triton kernels of the QUIK linear, for Hopper (no INT4 tensor cores).
+
+``quantize``: one program per token row gathers the row through ``perm``, splits off
+the outlier columns, takes the row's min/max and writes 4-bit (two per byte) or 8-bit
+codes. It follows the reference's float32 operation order with IEEE division
+(``div_rn``), so its output is bit-exact.
+
+``matmul``: 4-bit codes stay packed in memory (half the bytes of int8, a quarter of
+bf16). A K tile of packed bytes is unpacked in registers into its low nibbles (even
+columns) and high nibbles (odd columns), each sign-extended to int8 by shifts, and the
+two halves go through separate int8 tensor-core dots (``tl.dot`` on int8 -> int32) so no
+interleave is needed: sum_k a_k w_k = sum_j a_2j w_2j + a_2j+1 w_2j+1. With
+``compute="fp8"`` the same integers go through e4m3 tensor cores (exact for -8..7).
+The epilogue applies token and channel scales, the zero-point correction and adds the
+fp16/bf16 outlier GEMM, then writes the output once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._triton import interpreting, next_pow2, require_triton
+
+triton = require_triton()
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def quantize_kernel(X, PERM, XQ, SX, ZX, XO, KQB, KO, sxm, sxqm, sxom,
+                    BITS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr):
+    PACK: tl.constexpr = 8 // BITS
+    QMAX: tl.constexpr = (1 << BITS) - 1
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    m = tl.program_id(0).to(tl.int64)
+    row = X + m * sxm
+    offs_b = tl.arange(0, BLOCK_B)  # output bytes
+    offs_p = tl.arange(0, PACK)  # codes within a byte
+    bmask = offs_b < KQB
+    cols = tl.load(PERM + offs_b[:, None] * PACK + offs_p[None, :], mask=bmask[:, None], other=0)
+    x = tl.load(row + cols, mask=bmask[:, None], other=0.0).to(tl.float32)  # (BB, PACK)
+    lo = tl.min(tl.min(tl.where(bmask[:, None], x, float("inf")), 1), 0)
+    hi = tl.max(tl.max(tl.where(bmask[:, None], x, float("-inf")), 1), 0)
+    scale = tl.math.div_rn(hi - lo, QMAX * 1.0)
+    scale = tl.where(scale > 0, scale, 1.0)
+    q = tl.math.floor(tl.math.div_rn(x - lo, scale) + 0.5)
+    q = tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0).to(tl.int32) - HALF  # (BB, PACK) signed codes
+    byte = tl.sum((q & ((1 << BITS) - 1)) << (offs_p[None, :] * BITS), 1)  # (BB,) 0..255
+    tl.store(XQ + m * sxqm + offs_b, byte.to(tl.int8), mask=bmask)
+    tl.store(SX + m, scale)
+    tl.store(ZX + m, lo + HALF * scale)
+    offs_o = tl.arange(0, BLOCK_O)
+    omask = offs_o < KO
+    ocols = tl.load(PERM + KQB * PACK + offs_o, mask=omask, other=0)
+    tl.store(XO + m * sxom + offs_o, tl.load(row + ocols, mask=omask), mask=omask)
+
+
+@triton.jit
+def _int_dot(a, w, acc, BITS: tl.constexpr, USE_FP8: tl.constexpr):
+    """acc += a @ w^T for packed int8 tiles a (BM, BK) and w (BN, BK)."""
+    if BITS == 4:
+        a_lo = (a << 4) >> 4  # sign-extended low nibbles: even columns
+        a_hi = a >> 4  # high nibbles: odd columns
+        w_lo = (w << 4) >> 4
+        w_hi = w >> 4
+        if USE_FP8:
+            acc = tl.dot(a_lo.to(tl.float16).to(tl.float8e4nv), tl.trans(w_lo.to(tl.float16).to(tl.float8e4nv)), acc)
+            acc = tl.dot(a_hi.to(tl.float16).to(tl.float8e4nv), tl.trans(w_hi.to(tl.float16).to(tl.float8e4nv)), acc)
+        else:
+            acc = tl.dot(a_lo, tl.trans(w_lo), acc, out_dtype=tl.int32)
+            acc = tl.dot(a_hi, tl.trans(w_hi), acc, out_dtype=tl.int32)
+    else:
+        acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+    return acc
+
+
+def _gemm_configs():
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+    small = [(16, bn, bk, 4, st) for bn, bk, st in ((32, 256, 4), (64, 128, 4), (16, 256, 5), (64, 256, 3))]
+    large = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 128, 8, 3), (256, 128, 64, 8, 3)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in small + large]
+
+
+def _prune(configs, named_args, **kwargs):
+    small = named_args["M"] <= 64
+    return [c for c in configs if (c.kwargs["BLOCK_M"] == 16) == small] or configs
+
+
+@triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "KB", "KO", "BITS", "USE_FP8"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, M, N, KB, KO, M_BUCKET,
+                     sxq, swq, sxo, swo, sy,
+                     BITS: tl.constexpr, USE_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, BLOCK_KO: tl.constexpr = 64):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mm = offs_m < M
+    nm = offs_n < N
+    a_ptrs = XQ + offs_m[:, None].to(tl.int64) * sxq + offs_k[None, :]
+    w_ptrs = WQ + offs_n[:, None].to(tl.int64) * swq + offs_k[None, :]
+    if USE_FP8:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
+    for k in range(0, KB, BLOCK_K):
+        km = (k + offs_k) < KB
+        a = tl.load(a_ptrs + k, mask=mm[:, None] & km[None, :], other=0)  # (BM, BK) packed bytes
+        w = tl.load(w_ptrs + k, mask=nm[:, None] & km[None, :], other=0)  # (BN, BK) packed bytes
+        acc = _int_dot(a, w, acc, BITS, USE_FP8)
+    sx = tl.load(SX + offs_m, mask=mm, other=0.0)
+    zx = tl.load(ZX + offs_m, mask=mm, other=0.0)
+    sw = tl.load(SW + offs_n, mask=nm, other=0.0)
+    wsum = tl.load(WSUM + offs_n, mask=nm, other=0.0)
+    y = acc.to(tl.float32) * sx[:, None] * sw[None, :] + zx[:, None] * (sw * wsum)[None, :]
+    offs_o = tl.arange(0, BLOCK_KO)
+    xo_ptrs = XO + offs_m[:, None].to(tl.int64) * sxo + offs_o[None, :]
+    wo_ptrs = WO + offs_n[:, None].to(tl.int64) * swo + offs_o[None, :]
+    for k in range(0, KO, BLOCK_KO):
+        om = (k + offs_o) < KO
+        xo = tl.load(xo_ptrs + k, mask=mm[:, None] & om[None, :], other=0.0)  # (BM, BKO)
+        wo = tl.load(wo_ptrs + k, mask=nm[:, None] & om[None, :], other=0.0)  # (BN, BKO)
+        y = tl.dot(xo, tl.trans(wo), y)
+    y_ptrs = Y + offs_m[:, None].to(tl.int64) * sy + offs_n[None, :]
+    tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mm[:, None] & nm[None, :])
+
+
+def quantize(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, bits: int = 4):
+    """Triton version of reference.quantize_activations (bit-exact)."""
+    M, K = x.shape
+    kq = K - n_outliers
+    pack = 8 // bits
+    assert x.stride(1) == 1 and perm.dtype == torch.int32 and kq % pack == 0
+    kqb = kq // pack
+    xq = torch.empty((M, kqb), dtype=torch.int8, device=x.device)
+    sx = torch.empty((M,), dtype=torch.float32, device=x.device)
+    zx = torch.empty((M,), dtype=torch.float32, device=x.device)
+    xo = torch.empty((M, n_outliers), dtype=x.dtype, device=x.device)
+    block_b = next_pow2(kqb)
+    quantize_kernel[(M,)](
+        x, perm, xq, sx, zx, xo, kqb, n_outliers, x.stride(0), xq.stride(0), max(1, xo.stride(0)),
+        BITS=bits, BLOCK_B=block_b, BLOCK_O=max(2, next_pow2(n_outliers)),
+        num_warps=4 if block_b * pack <= 4096 else 8,
+    )
+    return xq, sx, zx, xo
+
+
+def matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits: int = 4,
+           compute: str = "int8") -> torch.Tensor:
+    """Triton version of reference.quik_matmul; output in x_out's dtype."""
+    M, kb = x_q.shape
+    N = w_q.shape[0]
+    ko = x_out.shape[1]
+    assert w_q.shape[1] == kb and w_out.shape == (N, ko) and compute in ("int8", "fp8")
+    y = torch.empty((M, N), dtype=x_out.dtype, device=x_q.device)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    quik_gemm_kernel[grid](
+        x_q, w_q, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y, M, N, kb, ko, min(next_pow2(M), 4096),
+        x_q.stride(0), w_q.stride(0), max(1, x_out.stride(0)), max(1, w_out.stride(0)), y.stride(0),
+        BITS=bits, USE_FP8=compute == "fp8" and bits == 4,
+    )
+    return y
+
+
+def linear(x: torch.Tensor, w, compute: str = "int8") -> torch.Tensor:
+    """QUIK linear on the GPU: quantize the activations, then the fused GEMM (w: QuikWeights)."""
+    xq, sx, zx, xo = quantize(x, w.perm, w.n_outliers, w.bits)
+    return matmul(xq, sx, zx, xo, w.packed, w.scale, w.wsum, w.outliers, w.bits, compute)
