@@ -34,23 +34,13 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
+    # Usage errors, --help and typer.Exit are handled by click (standalone mode, exit 2 for usage);
+    # planforge's own errors become one red line and exit 2.
     try:
-        app(standalone_mode=False)
+        app()
     except PlanforgeError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.secho("interrupted; no output was written.", fg=typer.colors.YELLOW, err=True)
-        sys.exit(130)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except Exception as error:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
 
 
 if __name__ == "__main__":

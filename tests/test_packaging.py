@@ -1,0 +1,44 @@
+"""Layout promises: runtime/ imports without torch or transformers; only planforge.* is installed."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_runtime_imports_without_torch_or_transformers():
+    code = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers"):
+                    raise ImportError(f"{name} is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        import planforge.runtime
+        from planforge.runtime import Generator, Session, Tokenizer
+        assert "torch" not in sys.modules and "transformers" not in sys.modules
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_every_subpackage_is_under_planforge():
+    import planforge
+
+    assert Path(planforge.__file__).resolve().parent == ROOT
+    import planforge.compare
+    import planforge.exporter.architectures
+    import planforge.graph_passes
+    import planforge.plugins
+    import planforge.runtime  # noqa: F401
+
+
+def test_no_generic_top_level_modules_are_installed():
+    from importlib.metadata import distribution
+
+    dist = distribution("planforge")
+    top_level = (dist.read_text("top_level.txt") or "").split()
+    assert top_level in ([], ["planforge"]), top_level
