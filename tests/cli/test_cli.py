@@ -87,3 +87,15 @@ def test_run_without_tokenizer(tiny_model, tmp_path):
     (out / "tokenizer.json").unlink()
     proc = planforge("run", out, "-p", "hi")
     assert proc.returncode == 2 and "tokenizer.json" in proc.stderr
+
+
+def test_cli_reference_documents_every_option():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    for name, command in typer.main.get_command(app).commands.items():
+        assert f"## `planforge {name}`" in doc
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("-"):
+                    assert f"`{opt}`" in doc, f"docs/cli.md does not document planforge {name} {opt}"
