@@ -147,3 +147,19 @@ def test_missing_model_onnx_and_manifest(tiny_model, tmp_path):
     (compiled / "planforge.json").unlink()
     with pytest.raises(CompiledModelError, match="planforge export"):
         Session(compiled)
+
+
+def test_cached_hub_id_is_exported_offline(tiny_model, tmp_path, monkeypatch):
+    """A hub id resolves to its snapshot in the local cache (the layout huggingface_hub writes)."""
+    repo = tmp_path / "hf_home" / "hub" / "models--tiny-org--tiny-llama"
+    snapshot = repo / "snapshots" / "0123456789abcdef"
+    shutil.copytree(tiny_model("llama")[0], snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    manifest = export("tiny-org/tiny-llama", tmp_path / "out")
+    assert manifest.family == "llama" and (tmp_path / "out" / "model.onnx").is_file()
