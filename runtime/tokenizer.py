@@ -20,8 +20,8 @@ class Tokenizer:
                 "from a model directory that holds a fast tokenizer (tokenizer.json).")
         self._tokenizer = HFTokenizer.from_file(str(path))
 
-    def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=True).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,32 @@
+"""planforge eval MODEL --ppl TEXT [--accuracy SET]"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+NAME = "eval"
+
+
+def command(
+    model: Annotated[Path, typer.Argument(help="A compiled model directory (ONNX Runtime) or a Hugging Face model directory (transformers).")],
+    ppl: Annotated[Optional[Path], typer.Option("--ppl", help="Plain-text file to compute perplexity on.")] = None,
+    accuracy: Annotated[Optional[Path], typer.Option("--accuracy", help="Multiple-choice set, JSON lines {context, choices, label}.")] = None,
+    context: Annotated[Optional[int], typer.Option(help="Window length in tokens. Default: the model's max sequence length.")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Tokens between window starts. Default: the window length (disjoint windows, the GPTQ/QUIK WikiText2 protocol).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Score only the first N tokens of the text.")] = None,
+    provider: Annotated[str, typer.Option(help="ONNX Runtime provider for compiled models: cpu or cuda.")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Perplexity (strided sliding window) and multiple-choice accuracy; ends with one JSON result line."""
+    from planforge.errors import InvalidPromptError
+    from planforge.evaluation.api import evaluate
+
+    if ppl is None and accuracy is None:
+        raise InvalidPromptError("nothing to evaluate: give --ppl TEXT, --accuracy SET, or both.")
+    result = evaluate(model, ppl, accuracy, context=context, stride=stride, max_tokens=max_tokens,
+                      provider=provider, show_progress=not quiet)
+    typer.echo("RESULT " + json.dumps(result, sort_keys=True))

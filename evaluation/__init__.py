@@ -1,0 +1,1 @@
+"""planforge.evaluation: perplexity and multiple-choice accuracy of a source or compiled model."""

@@ -1,0 +1,47 @@
+"""``evaluate``: perplexity and accuracy of one model, with a progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from planforge.errors import InvalidPromptError
+from planforge.evaluation.accuracy import accuracy as multiple_choice_accuracy
+from planforge.evaluation.accuracy import load_items
+from planforge.evaluation.perplexity import perplexity
+from planforge.evaluation.scorers import scorer_for
+from planforge.runtime.tokenizer import Tokenizer
+
+
+def evaluate(model: Path, ppl_text: Optional[Path], accuracy_set: Optional[Path], context: Optional[int] = None,
+             stride: Optional[int] = None, max_tokens: Optional[int] = None, provider: str = "cpu",
+             show_progress: bool = False) -> dict:
+    scorer = scorer_for(Path(model), provider)
+    tokenizer = Tokenizer(model)
+    context = context or scorer.context_length
+    result: dict = {"model": str(model), "scorer": scorer.name, "context": context}
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), disable=not show_progress)
+    with progress:
+        if ppl_text is not None:
+            path = Path(ppl_text)
+            if not path.is_file():
+                raise InvalidPromptError(f"--ppl {path}: no such file.")
+            ids = np.array(tokenizer.encode(path.read_text()), dtype=np.int64)[:max_tokens]
+            if len(ids) < 2:
+                raise InvalidPromptError(f"--ppl {path} has fewer than 2 tokens.")
+            task = progress.add_task("perplexity", total=None)
+            res = perplexity(ids, scorer.token_logprobs, context, stride,
+                             on_window=lambda i, n: progress.update(task, completed=i, total=n))
+            result.update(ppl=round(res.perplexity, 4), nll=round(res.nll, 6), tokens=res.tokens,
+                          windows=res.windows, stride=stride or context)
+        if accuracy_set is not None:
+            items = load_items(accuracy_set)
+            task = progress.add_task("accuracy", total=len(items))
+            res = multiple_choice_accuracy(items, tokenizer.encode, scorer.token_logprobs, context,
+                                           on_item=lambda i, n: progress.update(task, completed=i))
+            result.update(accuracy=round(res.accuracy, 4), accuracy_items=res.items)
+    return result
