@@ -121,14 +121,19 @@ def _decode_configs():
 
 @triton.autotune(configs=_decode_configs(), key=["HEAD_D", "G_PAD", "NUM_SPLITS"])
 @triton.jit
-def decode_split_kernel(Q, K, V, L, Opart, LSEpart, qk_scale, Hq, Hkv,
+def decode_split_kernel(Q, K, V, L, Opart, LSEpart, GROUPS, qk_scale, Hq, NG,
                         sqb, sqh, skb, skh, sks, svb, svh, svs,
                         NUM_SPLITS: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
-                        HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr):
+                        HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GROUPS: tl.constexpr):
+    # NG KV groups per sequence: all Hkv heads, or the selected ones listed in GROUPS (B, NG)
     split = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // Hkv
-    hkv = bh % Hkv
+    b = bh // NG
+    slot = bh % NG  # query heads slot*G ... slot*G + G-1
+    if HAS_GROUPS:
+        hkv = tl.load(GROUPS + bh)
+    else:
+        hkv = slot
     seqlen = tl.load(L + b)
     per_split = tl.cdiv(tl.cdiv(seqlen, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * per_split
@@ -136,7 +141,7 @@ def decode_split_kernel(Q, K, V, L, Opart, LSEpart, qk_scale, Hq, Hkv,
     offs_g = tl.arange(0, G_PAD)
     offs_d = tl.arange(0, HEAD_D)
     offs_n = tl.arange(0, BLOCK_N)
-    heads = hkv * G + offs_g  # (G_PAD,) query heads of this KV group
+    heads = slot * G + offs_g  # (G_PAD,) query heads of this KV group
     q = tl.load(Q + b.to(tl.int64) * sqb + heads[:, None] * sqh + offs_d[None, :],
                 mask=offs_g[:, None] < G, other=0.0)  # (G_PAD, D)
     k_ptrs = K + b.to(tl.int64) * skb + hkv * skh + offs_n[None, :] * sks + offs_d[:, None]
@@ -219,21 +224,31 @@ def default_num_splits(batch_kv_heads: int, smax: int, device) -> int:
     return max(1, min(triton_cdiv(4 * sms, batch_kv_heads), triton_cdiv(smax, 256)))
 
 
-def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 0) -> torch.Tensor:
-    """Triton split-K decode attention; see reference.attention_decode."""
+def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 0,
+           groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton split-K decode attention; see reference.attention_decode.
+
+    With ``groups (B, h) int32``, only KV heads ``groups[b]`` are used and q holds their
+    query heads only: q ``(B, h * Hq_per_kv, D)`` (used by sparse_heads).
+    """
     _check_common(q, k_cache, v_cache)
     B, Hq, D = q.shape
     Hkv, Smax = k_cache.shape[1], k_cache.shape[2]
-    assert Hq % Hkv == 0 and seq_lens.dtype == torch.int32 and seq_lens.shape == (B,)
-    g = Hq // Hkv
-    splits = num_splits or default_num_splits(B * Hkv, Smax, q.device)
+    assert seq_lens.dtype == torch.int32 and seq_lens.shape == (B,)
+    ng = Hkv if groups is None else groups.shape[1]
+    assert Hq % ng == 0
+    g = Hq // ng
+    if groups is not None:
+        assert groups.dtype == torch.int32 and groups.is_contiguous() and groups.shape[0] == B
+    splits = num_splits or default_num_splits(B * ng, Smax, q.device)
     o_part = torch.empty((B * Hq * splits, D), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((B * Hq * splits,), dtype=torch.float32, device=q.device)
-    decode_split_kernel[(splits, B * Hkv)](
-        q, k_cache, v_cache, seq_lens, o_part, lse_part, _qk_scale(scale, D), Hq, Hkv,
+    decode_split_kernel[(splits, B * ng)](
+        q, k_cache, v_cache, seq_lens, o_part, lse_part, seq_lens if groups is None else groups,
+        _qk_scale(scale, D), Hq, ng,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        NUM_SPLITS=splits, G=g, G_PAD=max(16, next_pow2(g)), HEAD_D=D,
+        NUM_SPLITS=splits, G=g, G_PAD=max(16, next_pow2(g)), HEAD_D=D, HAS_GROUPS=groups is not None,
     )
     o = torch.empty_like(q)
     decode_combine_kernel[(B * Hq,)](

@@ -58,7 +58,8 @@ def quantize_activations(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, b
     xp = x[:, perm.long()]  # (M, K)
     xq, x_out = xp[:, :kq].float(), xp[:, kq:].contiguous()
     lo, hi = xq.amin(1, keepdim=True), xq.amax(1, keepdim=True)  # (M, 1)
-    scale = (hi - lo) / qmax
+    # tensor / tensor: IEEE division on every device (CUDA turns `/ python_scalar` into `* (1/scalar)`)
+    scale = (hi - lo) / torch.full_like(hi, qmax)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.floor((xq - lo) / scale + 0.5), 0, qmax).to(torch.int32) - half  # (M, Kq)
     zero = lo + half * scale
