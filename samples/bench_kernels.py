@@ -16,8 +16,11 @@ import json
 import math
 import sys
 import traceback
+import warnings
 
 import torch
+
+warnings.filterwarnings("ignore", category=UserWarning)  # SDPA explains every backend it skips
 
 ROWS: list[dict] = []
 
@@ -164,7 +167,75 @@ def kv_cache_update(quick: bool):
         f"{moved / t / 1e3:.0f} GB/s (+cos/sin reads)")
 
 
-SECTIONS = [w4a4, attention_decode, attention_prefill, kv_cache_update]
+@section
+def w4a4_breakdown(quick: bool):
+    """Where the small-M time goes: activation quantization vs the GEMM (printed, not rated)."""
+    from planforge.plugins.w4a4_gemm import kernel, outlier_permutation, quantize_weights
+
+    n, k = 4096, 4096
+    w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
+    W = quantize_weights(w, outlier_permutation(torch.rand(k, device="cuda"), 256), 256, 4)
+    for m in (1, 16, 2048):
+        x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+        xq, sx, zx, xo = kernel.quantize(x, W.perm, 256, 4)
+        t_q = bench(lambda: kernel.quantize(x, W.perm, 256, 4))
+        t_mm = bench(lambda: kernel.matmul(xq, sx, zx, xo, W.packed, W.scale, W.wsum, W.outliers, 4))
+        best = kernel.quik_gemm_kernel.best_config
+        weight_bytes = W.packed.numel() + 2 * W.outliers.numel()
+        print(f"  M={m}: quantize {t_q:.1f} us, matmul {t_mm:.1f} us ({weight_bytes / t_mm / 1e3:.0f} GB/s of weights), "
+              f"config {best}", flush=True)
+
+
+@section
+def sparse_mlp(quick: bool):
+    from planforge.plugins.sparse_mlp import kernel
+
+    d, F = 4096, 11008
+    x = torch.randn(1, d, device="cuda", dtype=torch.bfloat16)
+    wg, wu, wd_t = ((torch.randn(F, d, device="cuda") * d**-0.5).to(torch.bfloat16) for _ in range(3))
+    wd = wd_t.T.contiguous()  # (d, F) as in Hugging Face
+    neurons = torch.randperm(F, device="cuda")[: F // 2].to(torch.int32)[None]
+    dense = lambda: torch.nn.functional.linear(  # noqa: E731
+        torch.nn.functional.silu(torch.nn.functional.linear(x, wg)) * torch.nn.functional.linear(x, wu), wd)
+    t_ref = bench(dense)
+    t = bench(lambda: kernel.sparse_mlp(x, wg, wu, wd_t, neurons))
+    moved = 3 * (F // 2) * d * 2
+    row("sparse_mlp", f"50% of F={F}, d={d}, B=1 decode", t, "dense MLP (cuBLAS)", t_ref, 1.7,
+        f"{moved / t / 1e3:.0f} GB/s of selected weights")
+
+
+@section
+def sparse_heads(quick: bool):
+    from planforge.plugins.kv_cache_update import rotary_cos_sin
+    from planforge.plugins.sparse_heads import kernel
+
+    d, H, D, C, ctx = 4096, 32, 128, 4096, 1024
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1, d, **bf)
+    w_q, w_k, w_v = ((torch.randn(H * D, d, device="cuda") * d**-0.5).to(torch.bfloat16) for _ in range(3))
+    w_o = (torch.randn(d, H * D, device="cuda") * d**-0.5).to(torch.bfloat16)
+    w_qkv = torch.cat([w_q, w_k, w_v])
+    kc, vc = torch.randn(1, H, C, D, **bf), torch.randn(1, H, C, D, **bf)
+    pos = torch.tensor([ctx], device="cuda", dtype=torch.int32)
+    cos, sin = (t[:, 0] for t in rotary_cos_sin(pos, 1, D))
+    fc, fs = torch.cat([cos, cos], -1).to(torch.bfloat16), torch.cat([sin, sin], -1).to(torch.bfloat16)
+
+    def dense():
+        q, k, v = torch.nn.functional.linear(x, w_qkv).view(1, 3, H, D).unbind(1)  # (1, H, D) each
+        q = q * fc + torch.cat([-q[..., D // 2 :], q[..., : D // 2]], -1) * fs
+        k = k * fc + torch.cat([-k[..., D // 2 :], k[..., : D // 2]], -1) * fs
+        kc[:, :, ctx] = k
+        vc[:, :, ctx] = v
+        o = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], kc[:, :, : ctx + 1], vc[:, :, : ctx + 1])
+        return torch.nn.functional.linear(o.reshape(1, H * D), w_o)
+
+    t_ref = bench(dense)
+    groups = torch.randperm(H, device="cuda")[: H // 2].to(torch.int32)[None]
+    t = bench(lambda: kernel.sparse_heads_decode(x, w_q, w_k, w_v, w_o, cos, sin, kc, vc, pos, groups))
+    row("sparse_heads", f"50% of {H} heads, d={d}, ctx={ctx}, B=1", t, "dense attn+proj (cuBLAS+SDPA)", t_ref, 1.6)
+
+
+SECTIONS = [w4a4, w4a4_breakdown, attention_decode, attention_prefill, kv_cache_update, sparse_mlp, sparse_heads]
 
 
 def print_table():
