@@ -5,9 +5,10 @@ Two subcommands:
 ``train`` (GPU): trains ``LlamaForCausalLM`` (GQA 8 q / 2 kv heads, head_dim 64,
 ~27M parameters, context 256) on the uint16 token stream of
 ``train_tokenizer.py``, bf16 autocast, AdamW with linear warmup and cosine
-decay, seeded. The corpus is small (~2.3M tokens), so it runs a short sweep
-over the total step count (one full cosine schedule per run, same seed) and
-keeps the run with the lowest val-split loss; the test split is never read.
+decay, seeded. The corpus is small (~6.6M tokens), so it runs a short sweep
+over (total steps, peak lr), one full cosine schedule per run from the same
+seed, and keeps the run with the lowest val-split loss; the test split is
+never read.
 Every run is time-bounded. The chosen weights are written as fp16
 safetensors shards (< 15 MB each, to come back from the GPU machine).
 
@@ -67,7 +68,7 @@ class TrainArgs:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    eval_every: int = 100
+    eval_every: int = 250
     seed: int = SEED
 
 
@@ -136,6 +137,18 @@ def train_one(train: torch.Tensor, val: torch.Tensor, a: TrainArgs, deadline: fl
             "history": hist, "model": model}
 
 
+def outliers(model, val: torch.Tensor, context: int) -> list[dict]:
+    """Per layer: max/median of per-input-column max|x| (inspect_model.py's measure)."""
+    from inspect_model import outlier_ratios
+
+    model.eval()
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        rows = outlier_ratios(model, val[:16 * context].cpu().to(DEVICE), context, 16)
+    print("  outliers q/o/gate/down: " + " | ".join(
+        f"{r['q_proj']:.1f}/{r['o_proj']:.1f}/{r['gate_proj']:.1f}/{r['down_proj']:.1f}" for r in rows), flush=True)
+    return rows
+
+
 def save_shards(model, out: Path) -> list[str]:
     """fp16 state dict (tied lm_head dropped) in safetensors shards < SHARD_BYTES."""
     from safetensors.torch import save_file
@@ -157,6 +170,10 @@ def save_shards(model, out: Path) -> list[str]:
     return names
 
 
+def parse_runs(spec: str) -> list[tuple[int, float]]:
+    return [(int(steps), float(lr)) for steps, lr in (run.split(":") for run in spec.split(","))]
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     meta = json.loads((args.tokens / "meta.json").read_text())
@@ -166,24 +183,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"train {train.numel()} tokens, val {val.numel()} tokens, {device_name}", flush=True)
     deadline = time.time() + args.time_budget
     runs = []
-    for steps in args.steps:
-        a = TrainArgs(steps=steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    for steps, lr in args.runs:
+        a = TrainArgs(steps=steps, batch=args.batch, lr=lr, seed=args.seed)
         epochs = steps * a.batch * a.context / train.numel()
-        print(f"run: {steps} steps ({epochs:.1f} epochs of the train split)", flush=True)
+        print(f"run: {steps} steps, lr {lr:g} ({epochs:.1f} epochs of the train split)", flush=True)
         runs.append(train_one(train, val, a, deadline))
+        runs[-1]["outliers"] = outliers(runs[-1]["model"], val, a.context)
         if not runs[-1]["complete"]:
             break
     complete = [r for r in runs if r["complete"]] or runs
     best = min(complete, key=lambda r: r["final_val_loss"])
     n_params = sum(p.numel() for p in best["model"].parameters())
-    print(f"chosen: {best['args']['steps']} steps, val {best['final_val_loss']:.4f}, "
+    print(f"chosen: {best['args']['steps']} steps, lr {best['args']['lr']:g}, val {best['final_val_loss']:.4f}, "
           f"train {best['final_train_loss']:.4f}, {best['seconds']:.0f}s, {n_params} params", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     shards = save_shards(best["model"], args.out)
     for r in runs:
         r.pop("model")
     summary = {"device": device_name, "torch": torch.__version__,
-               "params": n_params, "chosen_steps": best["args"]["steps"], "shards": shards,
+               "params": n_params, "chosen": best["args"], "shards": shards,
                "train_tokens": int(train.numel()), "val_tokens": int(val.numel()),
                "tokens_meta": meta, "runs": runs}
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -216,9 +234,9 @@ def main() -> None:
     t = sub.add_parser("train", help="train on the GPU, write fp16 shards")
     t.add_argument("--tokens", type=Path, default=Path(".reftok"))
     t.add_argument("--out", type=Path, required=True)
-    t.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[500, 1000, 2000])
+    t.add_argument("--runs", type=parse_runs, default=parse_runs("3000:1e-3,3000:2e-3"),
+                   help="sweep, STEPS:PEAK_LR,...")
     t.add_argument("--batch", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=SEED)
     t.add_argument("--time-budget", type=float, default=420.0, help="seconds for all runs together")
     s = sub.add_parser("save", help="merge shards into a Hugging Face model directory")
