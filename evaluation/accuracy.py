@@ -40,16 +40,15 @@ def load_items(path: Path) -> list[dict]:
 
 
 def accuracy(items: list[dict], encode: Callable[[str, bool], list[int]],
-             token_logprobs: Callable[[np.ndarray], np.ndarray], context_length: int,
+             batch_logprobs: Callable[[list[np.ndarray]], list[np.ndarray]], context_length: int,
              on_item: Callable[[int, int], None] = lambda i, n: None) -> AccuracyResult:
     correct = 0
     for i, item in enumerate(items):
         context = encode(item["context"], True)
-        scores = []
-        for choice in item["choices"]:
-            continuation = encode(choice, False)
-            ids = np.array((context + continuation)[-context_length:], dtype=np.int64)
-            scores.append(float(token_logprobs(ids)[-len(continuation):].sum()))
+        continuations = [encode(choice, False) for choice in item["choices"]]
+        sequences = [np.array((context + c)[-context_length:], dtype=np.int64) for c in continuations]
+        logprobs = batch_logprobs(sequences)  # all choices in one forward pass
+        scores = [float(lp[-len(c):].sum()) for lp, c in zip(logprobs, continuations)]
         correct += int(np.argmax(scores) == item["label"])
         on_item(i + 1, len(items))
     return AccuracyResult(accuracy=correct / len(items), items=len(items))

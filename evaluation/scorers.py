@@ -23,6 +23,17 @@ class Scorer(Protocol):
     def token_logprobs(self, ids: np.ndarray) -> np.ndarray:
         """ids (L,) int64 -> log p(ids[t] | ids[:t]) for t = 1..L-1, float64 (L-1,)."""
 
+    def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        """``token_logprobs`` of several sequences in one forward pass."""
+
+
+def right_pad(sequences: list[np.ndarray]) -> np.ndarray:
+    """(B, L) ids; causal attention means the padding after a row never changes its earlier logits."""
+    batch = np.zeros((len(sequences), max(len(s) for s in sequences)), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        batch[row, :len(seq)] = seq
+    return batch
+
 
 def _gather_logprobs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     logits = logits.astype(np.float64)  # (L, V)
@@ -40,8 +51,11 @@ class CompiledScorer:
         self.context_length = self.session.manifest.dims.max_seq_len
 
     def token_logprobs(self, ids: np.ndarray) -> np.ndarray:
-        logits = self.session.run_prefill(ids[None].astype(np.int64))[0]  # (L, V)
-        return _gather_logprobs(logits, ids)
+        return self.batch_logprobs([ids])[0]
+
+    def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        logits = self.session.run_prefill(right_pad(sequences))  # (B, L, V)
+        return [_gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
 
 
 class TransformersScorer:
@@ -54,11 +68,14 @@ class TransformersScorer:
         self.context_length = getattr(config, "max_position_embeddings", None) or config.n_positions
 
     def token_logprobs(self, ids: np.ndarray) -> np.ndarray:
+        return self.batch_logprobs([ids])[0]
+
+    def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
         with torch.no_grad():
-            logits = self.model(input_ids=torch.from_numpy(ids[None].astype(np.int64))).logits[0]  # (L, V)
-        return _gather_logprobs(logits.float().numpy(), ids)
+            logits = self.model(input_ids=torch.from_numpy(right_pad(sequences))).logits.float().numpy()  # (B, L, V)
+        return [_gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
 
 
 def scorer_for(model: Path, provider: str = "cpu") -> Scorer:
