@@ -8,7 +8,7 @@ import typer.main
 
 from planforge.cli.app import app
 
-SUBCOMMANDS = ("export", "run", "compare")
+SUBCOMMANDS = ("export", "run", "compare", "eval", "demo")
 
 
 def planforge(*args, check=False):
