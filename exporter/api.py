@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -15,7 +15,8 @@ from planforge.errors import UnsupportedConfigError
 from planforge.exporter import loading
 from planforge.exporter.decoder_graph import build_decoder_graph
 from planforge.exporter.registry import adapter_for
-from planforge.runtime.manifest import Dims, Manifest, io_contract
+from planforge.exporter.progress import ExportProgress
+from planforge.runtime.manifest import Manifest, io_contract
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ def export(model: str, out: Path, options: ExportOptions = ExportOptions()) -> M
     config = loading.load_config(model_dir)
     adapter = adapter_for(config)  # fail on unsupported architectures before loading weights
     dims, style = adapter.dims(options.max_seq_len), adapter.style()
-    from planforge.exporter.progress import ExportProgress
-
     with atomic_output_dir(out, options.force) as tmp, ExportProgress(dims.num_layers, options.show_progress) as bar:
         bar.stage("loading weights")
         hf_model = loading.load_model(model_dir)
@@ -91,16 +90,15 @@ def export(model: str, out: Path, options: ExportOptions = ExportOptions()) -> M
             log.warning("%s has no fast tokenizer; the compiled model will accept token ids only.", model_dir)
         else:
             tokenizer.save_pretrained(tmp)
-        manifest_dims = Dims(**asdict(dims))
         manifest = Manifest(
             planforge_version=__version__,
             architecture=type(hf_model).__name__,
             family=adapter.family,
             dtype=options.dtype,
             opset=constants.OPSET,
-            dims=manifest_dims,
+            dims=dims,
             sliding_windows=list(style.sliding_windows),
-            io=io_contract(manifest_dims, options.dtype),
+            io=io_contract(dims, options.dtype),
             linears=graph.linears,
             source={"model": str(model), "adapter": None if options.adapter is None else str(options.adapter)},
             has_tokenizer=tokenizer is not None,

@@ -12,20 +12,8 @@ from typing import Literal, Optional
 
 import torch
 
-
-@dataclass(frozen=True)
-class DecoderDims:
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    max_seq_len: int
-
-    def __post_init__(self):
-        assert self.num_heads % self.num_kv_heads == 0, "GQA needs num_heads divisible by num_kv_heads"
+# The model's dimensions are the ones the manifest records.
+from planforge.runtime.manifest import Dims as DecoderDims  # noqa: F401
 
 
 @dataclass(frozen=True)

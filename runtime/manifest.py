@@ -29,6 +29,9 @@ class Dims:
     vocab_size: int
     max_seq_len: int
 
+    def __post_init__(self):
+        assert self.num_heads % self.num_kv_heads == 0, "GQA needs num_heads divisible by num_kv_heads"
+
 
 @dataclass
 class Manifest:
