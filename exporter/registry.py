@@ -6,10 +6,13 @@ decorated by ``@register_architecture("XForCausalLM")``, and one test.
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from planforge.errors import UnsupportedArchitectureError, UnsupportedConfigError
 from planforge.exporter.spec import DecoderDims, DecoderStyle, DecoderWeights
+
+log = logging.getLogger(__name__)
 
 _ADAPTERS: dict[str, type["ArchitectureAdapter"]] = {}
 
@@ -61,6 +64,9 @@ class ArchitectureAdapter:
                 f"{self.family} has learned position embeddings for {trained} positions; "
                 f"--max-seq-len {requested} is larger. Use --max-seq-len {trained} or less."
             )
+        if requested > trained:
+            log.warning("%s was trained on %d positions; --max-seq-len %d goes beyond them and quality "
+                        "past position %d is not what the model learned.", self.family, trained, requested, trained)
         return requested
 
 

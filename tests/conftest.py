@@ -117,3 +117,9 @@ def hf_model():
         return cache[directory]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def make_random_model():
+    """make_random_model(family, directory, seed=0, **config_overrides) -> directory with weights and tokenizer."""
+    return save_random_model

@@ -95,3 +95,24 @@ def test_bf16_export_is_valid_onnx(tmp_path, tiny_model):
     onnx.checker.check_model(model, full_check=True)
     weights = {t.name: t for t in model.graph.initializer}
     assert weights["model.layers.0.mlp.down_proj.weight"].data_type == onnx.TensorProto.BFLOAT16
+
+
+def test_qwen2_per_layer_sliding_window_matches_transformers(tmp_path, make_random_model):
+    """Qwen2 windows only the layers its ``layer_types`` mark as sliding (here layer 1 of 2)."""
+    from transformers import AutoModelForCausalLM
+
+    from planforge.exporter.api import export
+    from planforge.runtime import Manifest
+
+    source = make_random_model("qwen2", tmp_path / "hf", use_sliding_window=True, sliding_window=6,
+                               max_window_layers=1, layer_types=["full_attention", "sliding_attention"])
+    export(str(source), tmp_path / "onnx")
+    assert Manifest.load(tmp_path / "onnx").sliding_windows == [None, 6]
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    session = Session(tmp_path / "onnx")
+    ids, mask, positions = _padded_batch(4, length=16, pad=3)
+    logits, _ = session.forward(ids.numpy(), mask.numpy(), positions.numpy(), session.empty_cache(2))
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.numpy()
+    real = mask.bool().numpy()
+    np.testing.assert_allclose(logits[real], ref[real], atol=ATOL, rtol=0)
