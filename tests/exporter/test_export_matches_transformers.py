@@ -116,3 +116,15 @@ def test_qwen2_per_layer_sliding_window_matches_transformers(tmp_path, make_rand
         ref = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.numpy()
     real = mask.bool().numpy()
     np.testing.assert_allclose(logits[real], ref[real], atol=ATOL, rtol=0)
+
+
+def test_external_data_export_loads_and_matches(tiny_model, tmp_path):
+    from planforge.exporter.api import ExportOptions, export
+    from planforge.runtime import Manifest
+
+    source, inline = tiny_model("llama")
+    export(str(source), tmp_path / "ext", ExportOptions(external_data="always"))
+    assert (tmp_path / "ext" / "model.onnx.data").stat().st_size > (tmp_path / "ext" / "model.onnx").stat().st_size
+    assert Manifest.load(tmp_path / "ext").external_data
+    ids = np.arange(1, 11, dtype=np.int64)[None]
+    np.testing.assert_array_equal(Session(tmp_path / "ext").run_prefill(ids), Session(inline).run_prefill(ids))
