@@ -40,15 +40,13 @@ def load_items(path: Path) -> list[dict]:
 
 
 def accuracy(items: list[dict], encode: Callable[[str, bool], list[int]],
-             batch_logprobs: Callable[[list[np.ndarray]], list[np.ndarray]], context_length: int,
+             continuation_logprobs: Callable[[np.ndarray, list[np.ndarray]], list[float]],
              on_item: Callable[[int, int], None] = lambda i, n: None) -> AccuracyResult:
     correct = 0
     for i, item in enumerate(items):
-        context = encode(item["context"], True)
-        continuations = [encode(choice, False) for choice in item["choices"]]
-        sequences = [np.array((context + c)[-context_length:], dtype=np.int64) for c in continuations]
-        logprobs = batch_logprobs(sequences)  # all choices in one forward pass
-        scores = [float(lp[-len(c):].sum()) for lp, c in zip(logprobs, continuations)]
+        context = np.array(encode(item["context"], True), dtype=np.int64)
+        continuations = [np.array(encode(choice, False), dtype=np.int64) for choice in item["choices"]]
+        scores = continuation_logprobs(context, continuations)
         correct += int(np.argmax(scores) == item["label"])
         on_item(i + 1, len(items))
     return AccuracyResult(accuracy=correct / len(items), items=len(items))

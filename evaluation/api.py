@@ -41,7 +41,7 @@ def evaluate(model: Path, ppl_text: Optional[Path], accuracy_set: Optional[Path]
         if accuracy_set is not None:
             items = load_items(accuracy_set)
             task = progress.add_task("accuracy", total=len(items))
-            res = multiple_choice_accuracy(items, tokenizer.encode, scorer.batch_logprobs, context,
+            res = multiple_choice_accuracy(items, tokenizer.encode, scorer.continuation_logprobs,
                                            on_item=lambda i, n: progress.update(task, completed=i))
             result.update(accuracy=round(res.accuracy, 4), accuracy_items=res.items)
     return result

@@ -93,7 +93,7 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
     context = reference.context_length
     rows.append(VariantRow("transformers fp32", sum(f.stat().st_size for f in model.glob("*.safetensors")) / 1e6,
                            None, perplexity(text_ids, source.token_logprobs, context).perplexity,
-                           accuracy(items, tokenizer.encode, source.batch_logprobs, context).accuracy, None))
+                           accuracy(items, tokenizer.encode, source.continuation_logprobs).accuracy, None))
     samples = []
     for name, directory in variants.items():
         status(f"scoring {name}")
@@ -104,6 +104,6 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
         rows.append(VariantRow(
             name, _dir_size_mb(directory), speed,
             perplexity(text_ids, scorer.token_logprobs, context).perplexity,
-            accuracy(items, tokenizer.encode, scorer.batch_logprobs, context).accuracy,
+            accuracy(items, tokenizer.encode, scorer.continuation_logprobs).accuracy,
             _argmax_agreement(reference, scorer, text_ids, context)))
     return DemoResult(rows, samples)

@@ -26,6 +26,16 @@ class Scorer(Protocol):
     def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         """``token_logprobs`` of several sequences in one forward pass."""
 
+    def continuation_logprobs(self, context: np.ndarray, continuations: list[np.ndarray]) -> list[float]:
+        """Total log p(continuation | context) of each continuation (multiple-choice scoring)."""
+
+
+def _continuations_by_full_sequences(scorer, context, continuations) -> list[float]:
+    """Scores each context + continuation as a whole sequence (simple, recomputes the context)."""
+    keep = scorer.context_length - max(len(c) for c in continuations)
+    sequences = [np.concatenate([context[-keep:], c]) for c in continuations]
+    return [float(lp[-len(c):].sum()) for lp, c in zip(scorer.batch_logprobs(sequences), continuations)]
+
 
 def right_pad(sequences: list[np.ndarray]) -> np.ndarray:
     """(B, L) ids; causal attention means the padding after a row never changes its earlier logits."""
@@ -35,11 +45,23 @@ def right_pad(sequences: list[np.ndarray]) -> np.ndarray:
     return batch
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _continuation_scores(first: np.ndarray, logits: np.ndarray, continuations: list[np.ndarray]) -> list[float]:
+    """first (V,) predicts token 0 of every continuation; logits (N, Lc, V) row r predicts tokens 1.. of row r."""
+    scores = []
+    for row, cont in enumerate(continuations):
+        rest = _log_softmax(logits[row, : len(cont) - 1])[np.arange(len(cont) - 1), cont[1:]]
+        scores.append(float(first[cont[0]] + rest.sum()))
+    return scores
+
+
 def _gather_logprobs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)  # (L, V)
-    shifted = logits[:-1] - logits[:-1].max(axis=-1, keepdims=True)
-    logz = np.log(np.exp(shifted).sum(axis=-1))
-    return shifted[np.arange(len(ids) - 1), ids[1:]] - logz
+    """logits (L, V) of ids (L,) -> log p(ids[t] | ids[:t]) for t = 1..L-1."""
+    return _log_softmax(logits[:-1])[np.arange(len(ids) - 1), ids[1:]]
 
 
 class CompiledScorer:
@@ -56,6 +78,20 @@ class CompiledScorer:
     def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         logits = self.session.run_prefill(right_pad(sequences))  # (B, L, V)
         return [_gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
+
+    def continuation_logprobs(self, context: np.ndarray, continuations: list[np.ndarray]) -> list[float]:
+        """Runs the shared context once, then every continuation as one batch over its KV cache."""
+        s, n = self.session, len(continuations)
+        longest = max(len(c) for c in continuations)
+        context = context[-(self.context_length - longest):][None]  # (1, C)
+        width = context.shape[1]
+        logits, cache = s.forward(context, np.ones_like(context), np.arange(width)[None], s.empty_cache(1))
+        first = _log_softmax(logits[0, -1])  # (V,) predicts each continuation's first token
+        batch = right_pad(continuations)  # (N, Lc); causal, so the padding is never seen by real tokens
+        positions = np.broadcast_to(width + np.arange(longest), batch.shape)
+        mask = np.ones((n, width + longest), dtype=np.int64)
+        logits, _ = s.forward(batch, mask, positions, s.repeat_cache(cache, n))  # (N, Lc, V)
+        return _continuation_scores(first, logits, continuations)
 
 
 class TransformersScorer:
@@ -76,6 +112,21 @@ class TransformersScorer:
         with torch.no_grad():
             logits = self.model(input_ids=torch.from_numpy(right_pad(sequences))).logits.float().numpy()  # (B, L, V)
         return [_gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
+
+    def continuation_logprobs(self, context: np.ndarray, continuations: list[np.ndarray]) -> list[float]:
+        """Same shared-prefix scheme as the compiled scorer, on transformers' own KV cache."""
+        import torch
+
+        longest = max(len(c) for c in continuations)
+        context = torch.from_numpy(context[-(self.context_length - longest):].astype(np.int64))[None]  # (1, C)
+        batch = torch.from_numpy(right_pad(continuations))  # (N, Lc)
+        with torch.no_grad():
+            out = self.model(input_ids=context, use_cache=True)
+            first = _log_softmax(out.logits[0, -1].float().numpy())  # (V,)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(len(continuations))
+            logits = self.model(input_ids=batch, past_key_values=cache, use_cache=True).logits.float().numpy()
+        return _continuation_scores(first, logits, continuations)
 
 
 def scorer_for(model: Path, provider: str = "cpu") -> Scorer:

@@ -85,6 +85,14 @@ class Session:
         value = ort.OrtValue.ortvalue_from_numpy(empty, self._device, 0)
         return KVCache(values=[value] * len(self._kv_names), length=0)
 
+    def repeat_cache(self, cache: KVCache, times: int) -> KVCache:
+        """A cache for ``times`` × the batch, each sequence repeated (e.g. one shared prompt, many continuations)."""
+        import onnxruntime as ort
+
+        values = [ort.OrtValue.ortvalue_from_numpy(np.repeat(v.numpy(), times, axis=0), self._device, 0)
+                  for v in cache.values]
+        return KVCache(values=values, length=cache.length)
+
     def forward(self, input_ids, attention_mask, position_ids, cache: KVCache):
         assert input_ids.shape == position_ids.shape, (input_ids.shape, position_ids.shape)
         assert attention_mask.shape[1] == cache.length + input_ids.shape[1], "mask must cover past + new tokens"

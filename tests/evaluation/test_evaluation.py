@@ -93,3 +93,27 @@ def test_bad_accuracy_set(tiny_model, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"context": "x", "choices": ["a"], "label": 3}\n')
     with pytest.raises(AccuracySetError, match="line 1"):
         evaluate(tiny_model("llama")[1], None, tmp_path / "bad.jsonl")
+
+
+def test_shared_prefix_scoring_equals_full_sequences(tiny_model):
+    """The compiled scorer's KV-cache path (context once, choices batched) against whole-sequence scoring."""
+    from planforge.evaluation.scorers import CompiledScorer, _continuations_by_full_sequences
+
+    scorer = CompiledScorer(tiny_model("qwen2")[1])
+    rng = np.random.default_rng(0)
+    context = rng.integers(1, 300, 40)
+    continuations = [rng.integers(1, 300, n) for n in (1, 3, 6)]
+    fast = scorer.continuation_logprobs(context, continuations)
+    slow = _continuations_by_full_sequences(scorer, context, continuations)
+    np.testing.assert_allclose(fast, slow, atol=1e-4, rtol=0)
+
+
+def test_transformers_shared_prefix_scoring_equals_full_sequences(tiny_model):
+    from planforge.evaluation.scorers import TransformersScorer, _continuations_by_full_sequences
+
+    scorer = TransformersScorer(tiny_model("llama")[0])
+    rng = np.random.default_rng(1)
+    context = rng.integers(1, 300, 30)
+    continuations = [rng.integers(1, 300, n) for n in (2, 5, 1, 4)]
+    np.testing.assert_allclose(scorer.continuation_logprobs(context, continuations),
+                               _continuations_by_full_sequences(scorer, context, continuations), atol=1e-4, rtol=0)
