@@ -24,7 +24,7 @@ def command(
 
     console = Console()
     result = run_demo(model or REFERENCE_MODEL, output, max_tokens, new_tokens,
-                      status=lambda message: console.print(f"[dim]… {message}[/]"))
+                      status=lambda message: console.print(f"[dim]{message}[/]"))
     for prompt, text in result.samples:
         console.print(f"[bold]{prompt}[/]{text}\n")
     table = Table(title=f"planforge demo: {(model or REFERENCE_MODEL).name}, held-out text, ONNX Runtime CPU")
@@ -33,5 +33,5 @@ def command(
     for row in result.rows:
         table.add_row(row.name, f"{row.size_mb:.1f}", "—" if row.decode_tokens_per_s is None else f"{row.decode_tokens_per_s:.0f}",
                       f"{row.perplexity:.3f}", f"{100 * row.accuracy:.1f}%",
-                      "—" if row.top1_agreement is None else f"{100 * row.top1_agreement:.2f}%")
+                      f"{100 * row.top1_agreement:.2f}%")
     console.print(table)

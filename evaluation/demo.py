@@ -19,7 +19,7 @@ from planforge import constants
 from planforge.errors import ModelNotFoundError
 from planforge.evaluation.accuracy import accuracy, load_items
 from planforge.evaluation.perplexity import perplexity
-from planforge.evaluation.scorers import CompiledScorer, TransformersScorer
+from planforge.evaluation.scorers import CompiledScorer, TransformersScorer, gather_logprobs
 
 REFERENCE_MODEL = Path(planforge.__file__).resolve().parent / "samples" / "reference_model"
 PROMPTS = ("The Python interpreter", "To open a file, use", "A list comprehension")
@@ -32,7 +32,7 @@ class VariantRow:
     decode_tokens_per_s: Optional[float]
     perplexity: float
     accuracy: float
-    top1_agreement: Optional[float]  # vs the fp32 ONNX model, over the scored held-out tokens
+    top1_agreement: Optional[float]  # vs the fp32 ONNX model, over every predicted held-out position
 
 
 @dataclass
@@ -46,14 +46,20 @@ def _dir_size_mb(directory: Path) -> float:
     return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
 
 
-def _argmax_agreement(a: CompiledScorer, b: CompiledScorer, ids: np.ndarray, context: int) -> float:
-    agree = total = 0
-    for begin in range(0, len(ids) - 1, context):
-        window = ids[begin:begin + context][None]
-        la, lb = a.session.run_prefill(window)[0], b.session.run_prefill(window)[0]  # (L, V)
-        agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
-        total += la.shape[0]
-    return agree / total
+class _PredictionRecorder:
+    """token_logprobs for the perplexity pass that also keeps each window's argmax predictions,
+    so agreement between variants needs no extra forward passes."""
+
+    def __init__(self, scorer):
+        self.scorer, self.predictions = scorer, []
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        logits = self.scorer.window_logits(ids)  # (L, V)
+        self.predictions.append(logits[:-1].argmax(-1))
+        return gather_logprobs(logits, ids)
+
+    def all_predictions(self) -> np.ndarray:
+        return np.concatenate(self.predictions)
 
 
 def _decode_speed(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[int]]]:
@@ -76,34 +82,34 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
     if not (model / "config.json").is_file():
         raise ModelNotFoundError(f"{model} is not a Hugging Face model directory; the demo needs "
                                  "samples/reference_model from a planforge checkout, or pass --model DIR.")
-    heldout, accuracy_set = model / "heldout.txt", model / "accuracy.jsonl"
+    start = time.perf_counter()
+    report = lambda message: status(f"[{time.perf_counter() - start:5.0f} s] {message}")  # noqa: E731
     variants = {"onnx fp32": out / "fp32", "onnx fp16": out / "fp16"}
     for name, directory in variants.items():
-        status(f"exporting {name} -> {directory}")
+        report(f"exporting {name} -> {directory}")
         export(str(model), directory, ExportOptions(dtype=name.split()[-1], force=force))
 
     tokenizer = Tokenizer(variants["onnx fp32"])
-    text_ids = np.array(tokenizer.encode(heldout.read_text()), dtype=np.int64)[:max_tokens]
-    items = load_items(accuracy_set)
+    text_ids = np.array(tokenizer.encode((model / "heldout.txt").read_text()), dtype=np.int64)[:max_tokens]
+    items = load_items(model / "accuracy.jsonl")
     prompts = [tokenizer.encode(p) for p in PROMPTS]
-    reference = CompiledScorer(variants["onnx fp32"])
-    rows = []
-    status("scoring transformers fp32 (baseline)")
-    source = TransformersScorer(model)
-    context = reference.context_length
-    rows.append(VariantRow("transformers fp32", sum(f.stat().st_size for f in model.glob("*.safetensors")) / 1e6,
-                           None, perplexity(text_ids, source.token_logprobs, context).perplexity,
-                           accuracy(items, tokenizer.encode, source.continuation_logprobs).accuracy, None))
-    samples = []
-    for name, directory in variants.items():
-        status(f"scoring {name}")
-        scorer = reference if name == "onnx fp32" else CompiledScorer(directory)
-        speed, tokens = _decode_speed(directory, prompts, new_tokens)
-        if name == "onnx fp32":
-            samples = [(p, tokenizer.decode(t)) for p, t in zip(PROMPTS, tokens)]
-        rows.append(VariantRow(
-            name, _dir_size_mb(directory), speed,
-            perplexity(text_ids, scorer.token_logprobs, context).perplexity,
-            accuracy(items, tokenizer.encode, scorer.continuation_logprobs).accuracy,
-            _argmax_agreement(reference, scorer, text_ids, context)))
+    scored = [("transformers fp32", TransformersScorer(model), None)]
+    scored += [(name, CompiledScorer(directory), directory) for name, directory in variants.items()]
+    rows, samples, predictions = [], [], {}
+    for name, scorer, directory in scored:
+        report(f"perplexity and accuracy of {name}")
+        recorder = _PredictionRecorder(scorer)
+        ppl = perplexity(text_ids, recorder, scorer.context_length).perplexity
+        acc = accuracy(items, tokenizer.encode, scorer.continuation_logprobs).accuracy
+        speed, size = None, sum(f.stat().st_size for f in model.glob("*.safetensors")) / 1e6
+        if directory is not None:
+            report(f"generating with {name}")
+            speed, tokens = _decode_speed(directory, prompts, new_tokens)
+            size = _dir_size_mb(directory)
+            samples = samples or [(p, tokenizer.decode(t)) for p, t in zip(PROMPTS, tokens)]
+        predictions[name] = recorder.all_predictions()
+        rows.append(VariantRow(name, size, speed, ppl, acc, top1_agreement=None))
+    for row in rows:  # agreement with the exported fp32 model, position by position
+        row.top1_agreement = float(np.mean(predictions[row.name] == predictions["onnx fp32"]))
+    report("done")
     return DemoResult(rows, samples)

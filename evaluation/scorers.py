@@ -23,6 +23,9 @@ class Scorer(Protocol):
     def token_logprobs(self, ids: np.ndarray) -> np.ndarray:
         """ids (L,) int64 -> log p(ids[t] | ids[:t]) for t = 1..L-1, float64 (L-1,)."""
 
+    def window_logits(self, ids: np.ndarray) -> np.ndarray:
+        """ids (L,) -> logits (L, V) float32."""
+
     def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         """``token_logprobs`` of several sequences in one forward pass."""
 
@@ -59,7 +62,7 @@ def _continuation_scores(first: np.ndarray, logits: np.ndarray, continuations: l
     return scores
 
 
-def _gather_logprobs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def gather_logprobs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """logits (L, V) of ids (L,) -> log p(ids[t] | ids[:t]) for t = 1..L-1."""
     return _log_softmax(logits[:-1])[np.arange(len(ids) - 1), ids[1:]]
 
@@ -75,9 +78,12 @@ class CompiledScorer:
     def token_logprobs(self, ids: np.ndarray) -> np.ndarray:
         return self.batch_logprobs([ids])[0]
 
+    def window_logits(self, ids: np.ndarray) -> np.ndarray:
+        return self.session.run_prefill(ids[None].astype(np.int64))[0]  # (L, V)
+
     def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         logits = self.session.run_prefill(right_pad(sequences))  # (B, L, V)
-        return [_gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
+        return [gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
 
     def continuation_logprobs(self, context: np.ndarray, continuations: list[np.ndarray]) -> list[float]:
         """Runs the shared context once, then every continuation as one batch over its KV cache."""
@@ -106,12 +112,18 @@ class TransformersScorer:
     def token_logprobs(self, ids: np.ndarray) -> np.ndarray:
         return self.batch_logprobs([ids])[0]
 
-    def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+    def window_logits(self, ids: np.ndarray) -> np.ndarray:
+        return self.batch_logits([ids])[0]
+
+    def batch_logits(self, sequences: list[np.ndarray]) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            logits = self.model(input_ids=torch.from_numpy(right_pad(sequences))).logits.float().numpy()  # (B, L, V)
-        return [_gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
+            return self.model(input_ids=torch.from_numpy(right_pad(sequences))).logits.float().numpy()  # (B, L, V)
+
+    def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        logits = self.batch_logits(sequences)  # (B, L, V)
+        return [gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
 
     def continuation_logprobs(self, context: np.ndarray, continuations: list[np.ndarray]) -> list[float]:
         """Same shared-prefix scheme as the compiled scorer, on transformers' own KV cache."""
