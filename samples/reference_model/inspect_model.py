@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=HERE)
     ap.add_argument("--heldout", type=Path, default=HERE / "heldout.txt")
     ap.add_argument("--accuracy", type=Path, default=HERE / "accuracy.jsonl")
-    ap.add_argument("--ppl-tokens", type=int, default=32768, help="0: all of heldout.txt")
+    ap.add_argument("--ppl-tokens", type=int, default=16384, help="0: all of heldout.txt")
     ap.add_argument("--acc-items", type=int, default=100, help="0: all of accuracy.jsonl")
     ap.add_argument("--outlier-windows", type=int, default=16)
     args = ap.parse_args()
