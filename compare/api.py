@@ -78,7 +78,8 @@ def _vocab_and_tokenizer(path: Path):
 
 
 def build_feeds(a: Path, b: Path, options: CompareOptions) -> list[dict]:
-    """One feed per prompt: its tokens, extended with seeded random tokens to cover the decode steps."""
+    """One feed per prompt: all its tokens are the prefill, then ``decode_steps`` seeded random
+    tokens are teacher-forced one at a time through the KV cache (the same tokens for both models)."""
     (vocab_a, tok_a), (vocab_b, tok_b) = _vocab_and_tokenizer(a), _vocab_and_tokenizer(b)
     if vocab_a != vocab_b:
         raise ComparisonError(f"the models have different vocabularies ({vocab_a} vs {vocab_b}); compare "
@@ -90,9 +91,7 @@ def build_feeds(a: Path, b: Path, options: CompareOptions) -> list[dict]:
     feeds = []
     for prompt in options.prompts:
         ids = tokenizer.encode(prompt) if tokenizer else rng.integers(0, vocab_a, options.random_prompt_tokens).tolist()
-        need = options.decode_steps + 1 - len(ids)
-        if need > 0:
-            ids += rng.integers(0, vocab_a, need).tolist()
+        ids += rng.integers(0, vocab_a, options.decode_steps).tolist()
         feeds.append({constants.INPUT_IDS: np.array([ids], dtype=np.int64)})
     return feeds
 
