@@ -1,7 +1,7 @@
 """``planforge demo``: export the shipped reference model, run every optimization planforge has so far,
 generate on ONNX Runtime, and tabulate size, speed, perplexity, accuracy and agreement.
 
-Variants today: the transformers source (fp32, torch) as the baseline, the
+Variants today: the transformers source (run in fp32 with torch) as the baseline, the
 exported fp32 ONNX model, and the fp16 export. Each later pass adds a row.
 """
 
@@ -93,7 +93,7 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
     text_ids = np.array(tokenizer.encode((model / "heldout.txt").read_text()), dtype=np.int64)[:max_tokens]
     items = load_items(model / "accuracy.jsonl")
     prompts = [tokenizer.encode(p) for p in PROMPTS]
-    scored = [("transformers fp32", TransformersScorer(model), None)]
+    scored = [("transformers (source)", TransformersScorer(model), None)]
     scored += [(name, CompiledScorer(directory), directory) for name, directory in variants.items()]
     rows, samples, predictions = [], [], {}
     for name, scorer, directory in scored:
