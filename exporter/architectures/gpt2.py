@@ -61,7 +61,10 @@ class GPT2Adapter(ArchitectureAdapter):
             qkv = _conv1d(block.attn.c_attn, f"{p}.attn.c_attn", "qkv")
             q_w, k_w, v_w = qkv.weight.split(dims.hidden_size, dim=0)
             q_b, k_b, v_b = qkv.bias.split(dims.hidden_size, dim=0)
-            split = lambda role, w, b: Linear(f"{p}.attn.c_attn.{role}", role, w, b)  # noqa: E731
+
+            def split(role, weight, bias, prefix=p):
+                return Linear(f"{prefix}.attn.c_attn.{role}", role, weight, bias)
+
             layers.append(LayerWeights(
                 attention_module=f"{p}.attn",
                 attn_norm=Norm(f"{p}.ln_1", block.ln_1.weight, block.ln_1.bias),

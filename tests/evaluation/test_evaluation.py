@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from planforge.evaluation.api import evaluate
-from planforge.evaluation.perplexity import perplexity, windows
+from planforge.evaluation.perplexity import windows
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Attention with a key value cache makes decoding fast. "
         "Sliding windows bound the memory. planforge compiles decoder models to ONNX. ") * 12
