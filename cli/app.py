@@ -7,7 +7,7 @@ import sys
 import typer
 
 from planforge import __version__
-from planforge.cli import compare, demo, evaluate, export, run
+from planforge.cli import compare, demo, evaluate, export, optimize, run
 from planforge.errors import PlanforgeError
 
 app = typer.Typer(
@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (demo, export, run, compare, evaluate):
+for module in (demo, export, optimize, run, compare, evaluate):
     app.command(name=module.NAME, help=module.command.__doc__)(module.command)
 
 

@@ -1,0 +1,55 @@
+"""planforge optimize MODEL -o OUT --quant w4a4"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+NAME = "optimize"
+
+
+class Quant(str, Enum):
+    w4a4 = "w4a4"
+    w8a8 = "w8a8"
+    w4a16 = "w4a16"
+    none = "none"
+
+
+class WeightMethod(str, Enum):
+    rtn = "rtn"
+    gptq = "gptq"
+
+
+def command(
+    model: Annotated[Path, typer.Argument(help="Compiled model directory (the output of `planforge export`, fp32 or fp16).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to create with the optimized model.onnx, planforge.json and the tokenizer.")],
+    quant: Annotated[Quant, typer.Option(help="w4a4: QUIK 4-bit weights and activations with float outlier columns; w8a8: INT8 per-channel weights, per-token activations; w4a16: INT4 weights in blocks of 128; none: no quantization.")] = Quant.w4a4,
+    outliers: Annotated[Optional[str], typer.Option(help="Input columns per linear kept in float, by calibration max|x|: a count (16) or a fraction of the layer width (0.03). Default: 0.03 for w4a4, 0 otherwise.")] = None,
+    int8_layers: Annotated[str, typer.Option(help="w4a4 only: comma-separated roles kept at W8A8 (q_proj ... down_proj), or none.")] = "down_proj",
+    int8_outliers: Annotated[str, typer.Option(help="Outlier columns of the INT8 layers: a count or a fraction of their width.")] = "0",
+    weight_method: Annotated[WeightMethod, typer.Option(help="rtn: round to nearest; gptq: GPTQ with act-order, outliers last (needs --calib).")] = WeightMethod.rtn,
+    clip_search: Annotated[bool, typer.Option(help="Search the weight clipping ratio per channel (1.00 to 0.81) for the least error.")] = True,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration text file (needed for outliers and GPTQ).")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration windows to run, each --calib-seq-len tokens.")] = 32,
+    calib_seq_len: Annotated[Optional[int], typer.Option(help="Tokens per calibration window. Default: min(256, max_seq_len).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (only when the run succeeds).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Apply graph passes to a compiled model: W4A4 (QUIK, with float outliers), W8A8 or W4A16 quantization."""
+    from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.graph_passes.schemes import QuantOptions
+
+    roles = tuple(r.strip() for r in int8_layers.split(",") if r.strip() and r.strip() != "none")
+    quant_options = None if quant is Quant.none else QuantOptions(
+        scheme=quant.value, outliers=outliers, int8_layers=roles, int8_outliers=int8_outliers,
+        weight_method=weight_method.value, clip_search=clip_search)
+    _, reports = optimize(model, output, OptimizeOptions(quant=quant_options, calib=calib, calib_samples=calib_samples,
+                                                         calib_seq_len=calib_seq_len, force=force,
+                                                         show_progress=not quiet))
+    for report in reports:
+        typer.echo(f"{report.name}: {report.matches} rewritten")
+    size = sum(f.stat().st_size for f in Path(output).iterdir() if f.name.startswith("model.onnx"))
+    typer.echo(f"wrote {output} ({size / 1e6:.1f} MB model)")

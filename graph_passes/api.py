@@ -1,0 +1,107 @@
+"""``optimize()``: compiled model directory -> a new one with graph passes applied (quantization first).
+
+Everything that can fail (settings, weights, calibration, the rewrite) happens
+before OUT is written, and OUT is written atomically, so a failed run leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import onnx_ir as ir
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from planforge import constants
+from planforge.atomic import atomic_output_dir
+from planforge.graph_passes.calibration import calibrate, calibration_samples
+from planforge.graph_passes.pipeline import PassReport, Pipeline
+from planforge.graph_passes.quantize_linears import QuantizeLinearsPass
+from planforge.graph_passes.schemes import CalibrationError, QuantizationError, QuantOptions, format_for
+from planforge.runtime.manifest import Manifest
+
+QUANT_PASSES = (QuantizeLinearsPass.name,)
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    quant: Optional[QuantOptions] = None  # None: no quantization ("--quant none")
+    calib: Optional[Path] = None
+    calib_samples: int = 32
+    calib_seq_len: Optional[int] = None  # default: min(256, max_seq_len)
+    force: bool = False
+    show_progress: bool = False
+
+
+def _check_source(model_dir: Path, manifest: Manifest, model: ir.Model) -> None:
+    """Refuses quantized models and models whose float linear weights are not all present."""
+    if any(p.get("name") in QUANT_PASSES for p in manifest.passes):
+        raise QuantizationError(f"{model_dir} is already quantized ({manifest.passes[-1]['name']}); "
+                                "optimize the unquantized export instead.")
+    initializers = model.graph.initializers
+    for lin in manifest.linears:
+        value = initializers.get(lin["weight"])
+        if value is None or value.const_value is None or value.const_value.dtype not in FLOAT_TYPES:
+            raise QuantizationError(f"{model_dir}/model.onnx lacks the float weight {lin['weight']}; "
+                                    "optimize the directory written by `planforge export`.")
+        try:
+            value.const_value.numpy()
+        except (OSError, ValueError) as exc:
+            raise QuantizationError(f"{model_dir}: the weights of {lin['module']} cannot be read ({exc}); "
+                                    f"{constants.EXTERNAL_DATA_FILE} must sit beside model.onnx.") from None
+
+
+def _calibration_stats(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress) -> dict:
+    quant = options.quant
+    if options.calib is None:
+        raise CalibrationError(f"--quant {quant.scheme} with outliers or GPTQ needs calibration text: --calib FILE.")
+    if not Path(options.calib).is_file():
+        raise CalibrationError(f"--calib {options.calib}: no such file.")
+    from planforge.runtime.tokenizer import Tokenizer
+
+    seq_len = options.calib_seq_len or min(256, manifest.dims.max_seq_len)
+    ids = Tokenizer(model_dir).encode(Path(options.calib).read_text())
+    samples = calibration_samples(ids, seq_len, options.calib_samples)
+    task = progress.add_task("calibration", total=len(samples))
+    return calibrate(model_dir, manifest, samples, hessians=quant.weight_method == "gptq",
+                     on_sample=lambda i: progress.update(task, completed=i))
+
+
+def _passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress) -> list:
+    quant = options.quant
+    if quant is None:
+        return []
+    quant.validate()
+    for lin in manifest.linears:  # outlier counts against every layer's width, before any work
+        format_for(quant, lin["role"], lin["in_features"])
+    stats = _calibration_stats(model_dir, manifest, options, progress) if quant.needs_calibration else {}
+    task = progress.add_task(f"quantize {quant.scheme} ({quant.weight_method})", total=len(manifest.linears))
+    return [QuantizeLinearsPass(quant, manifest.linears, stats, on_linear=lambda m: progress.advance(task))]
+
+
+def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOptions()
+             ) -> tuple[Manifest, list[PassReport]]:
+    model_dir = Path(model_dir)
+    manifest = Manifest.load(model_dir)
+    model = ir.load(str(model_dir / constants.MODEL_FILE))
+    if options.quant is not None:
+        _check_source(model_dir, manifest, model)
+    progress = Progress(TextColumn("[bold]optimize[/] {task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), disable=not options.show_progress)
+    with progress:
+        reports = Pipeline(_passes(model_dir, manifest, options, progress))(model)
+    with atomic_output_dir(out, options.force) as tmp:
+        external = manifest.external_data
+        ir.save(model, str(tmp / constants.MODEL_FILE),
+                external_data=constants.EXTERNAL_DATA_FILE if external else None)
+        for item in model_dir.iterdir():  # tokenizer and any other side files
+            if item.is_file() and item.name not in (constants.MODEL_FILE, constants.EXTERNAL_DATA_FILE,
+                                                    constants.MANIFEST_FILE):
+                shutil.copy2(item, tmp / item.name)
+        manifest.passes.extend(report.manifest_entry() for report in reports)
+        manifest.save(tmp)
+    return manifest, reports

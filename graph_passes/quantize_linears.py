@@ -1,0 +1,206 @@
+"""``MatMul(x, W) -> QDQ linear``: QUIK W4A4 with float outlier columns, and W8A8 / W4A16, in standard ONNX.
+
+One linear after the rewrite (K = Kq + Ko input columns, N outputs; the float32
+section is skipped casts for an fp32 model)::
+
+    x (B,S,K) ─┬─► Gather(keep, axis=-1) ─► Cast f32 ─► xq (B,S,Kq)
+               │      lo = ReduceMin(xq, -1)   hi = ReduceMax(xq, -1)                (B,S,1)
+               │      s  = (hi - lo) / (2^a - 1)   (1 where hi == lo)   zero = lo + 2^(a-1)·s
+               │      q  = Clip(Floor((xq - lo) / s + 0.5), 0, 2^a - 1) - 2^(a-1)     signed a-bit ints
+               │      x̂  = q·s + zero
+               │                                                                         ▼
+               │   W_q [N,Kq] INT4/INT8 ─► DequantizeLinear(s_w [N,Kq/g], axis=1, block g) ─► Transpose ─► MatMul ─► Cast
+               │                                                                                                   │
+               └─► Gather(outliers, axis=-1) ─► MatMul(·, W_out [Ko,N] model dtype) ────────────────────► Add ─► y
+
+Activations are asymmetric per token (computed online), weights symmetric per
+output channel (g = Kq; or per block of g input rows for weight-only W4A16, which has no
+activation quantization and no outliers). This is exactly the W4A4 GEMM plugin's
+math (``plugins/w4a4_gemm/reference.py``), so a lowering pass can replace the
+pattern. Outlier columns are the Ko inputs with the largest calibration max|x|
+(QUIK); their weights stay in the model dtype and, with GPTQ, absorb the 4-bit
+part's rounding error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+from onnx_ir import tape
+
+from planforge.graph_passes import gptq as gptq_lib
+from planforge.graph_passes import quantizer
+from planforge.graph_passes.calibration import LinearStats
+from planforge.graph_passes.pipeline import GraphPass
+from planforge.graph_passes.schemes import LinearFormat, QuantizationError, QuantOptions, format_for
+
+INT_TYPES = {4: ml_dtypes.int4, 8: np.int8}
+
+
+@dataclass
+class QuantizedLinear:
+    """A linear's quantized weights: rows ``keep`` as integers, rows ``outliers`` in float."""
+
+    fmt: LinearFormat
+    keep: np.ndarray  # (Kq,) int64 input columns, ascending
+    outliers: np.ndarray  # (Ko,) int64 input columns, ascending
+    q: np.ndarray  # (Kq, N) int8
+    scale: np.ndarray  # (G, N) float32
+    w_out: np.ndarray  # (Ko, N) float32
+
+    def dequantized(self) -> np.ndarray:
+        """The weight [K, N] the quantized graph multiplies by (float32)."""
+        kq, n = self.q.shape
+        w = np.zeros((kq + len(self.outliers), n), np.float32)
+        w[self.keep] = self.q.astype(np.float32) * quantizer.expand_rows(self.scale, kq, self.fmt.group)
+        w[self.outliers] = self.w_out
+        return w
+
+
+def split_columns(absmax: Optional[np.ndarray], width: int, outliers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, outlier) input columns: the ``outliers`` largest calibration max|x| columns are kept in float."""
+    if outliers == 0:
+        return np.arange(width), np.zeros(0, dtype=np.int64)
+    order = np.argsort(absmax, kind="stable")  # ascending
+    return np.sort(order[:width - outliers]), np.sort(order[width - outliers:])
+
+
+def quantize_linear(w: np.ndarray, fmt: LinearFormat, stats: Optional[LinearStats], method: str,
+                    clip_search: bool = True) -> QuantizedLinear:
+    """w [K, N] float -> QuantizedLinear (RTN or GPTQ)."""
+    w = np.asarray(w, dtype=np.float32)
+    keep, outliers = split_columns(None if stats is None else stats.absmax, w.shape[0], fmt.outliers)
+    if method == "gptq":
+        q, scale, w_out = gptq_lib.gptq(w, stats.hessian, keep, outliers, fmt.w_bits, fmt.group, clip_search)
+    else:
+        q, scale = quantizer.rtn(w[keep], fmt.w_bits, fmt.group, clip_search)
+        w_out = w[outliers]
+    return QuantizedLinear(fmt, keep, outliers, q, scale, w_out)
+
+
+class _Builder:
+    """Creates the nodes and initializers of one rewritten linear, named under ``prefix``."""
+
+    def __init__(self, graph: ir.Graph, prefix: str):
+        self.graph, self.prefix, self.tape = graph, prefix, tape.Tape()
+
+    def const(self, name: str, array: np.ndarray) -> ir.Value:
+        tensor = ir.tensor(array, name=f"{self.prefix}.{name}")
+        value = ir.Value(name=tensor.name, const_value=tensor, type=ir.TensorType(tensor.dtype), shape=tensor.shape)
+        self.graph.register_initializer(value)
+        return value
+
+    def op(self, op_type: str, inputs: list, name: str, **attributes) -> ir.Value:
+        out = self.tape.op(op_type, inputs, attributes or None, name=f"{self.prefix}/{name}")
+        out.name = f"{self.prefix}/{name}_output"
+        return out
+
+
+def _activation_qdq(b: _Builder, x: ir.Value, bits: int) -> ir.Value:
+    """x (..., Kq) float32 -> its per-token asymmetric ``bits`` fake-quantized value (see the diagram)."""
+    levels, mid = float((1 << bits) - 1), float(1 << (bits - 1))
+    f32 = lambda v: np.array(v, dtype=np.float32)  # noqa: E731
+    axes = b.const("axes", np.array([-1], dtype=np.int64))
+    lo = b.op("ReduceMin", [x, axes], "act/ReduceMin", keepdims=1)
+    hi = b.op("ReduceMax", [x, axes], "act/ReduceMax", keepdims=1)
+    scale = b.op("Div", [b.op("Sub", [hi, lo], "act/range"), b.const("levels", f32(levels))], "act/scale_raw")
+    zero_c, one_c = b.const("zero", f32(0.0)), b.const("one", f32(1.0))
+    scale = b.op("Where", [b.op("Greater", [scale, zero_c], "act/nonzero"), scale, one_c], "act/scale")
+    shifted = b.op("Div", [b.op("Sub", [x, lo], "act/Sub"), scale], "act/Div")
+    q = b.op("Floor", [b.op("Add", [shifted, b.const("half", f32(0.5))], "act/AddHalf")], "act/Floor")
+    q = b.op("Clip", [q, zero_c, b.const("levels_clip", f32(levels))], "act/Clip")
+    mid_c = b.const("mid", f32(mid))
+    q_signed = b.op("Sub", [q, mid_c], "act/q")
+    zero = b.op("Add", [lo, b.op("Mul", [mid_c, scale], "act/mid_scale")], "act/zero")
+    return b.op("Add", [b.op("Mul", [q_signed, scale], "act/dq_scale"), zero], "act/dq")
+
+
+def _weight_dq(b: _Builder, ql: QuantizedLinear) -> ir.Value:
+    """W_q stored [N, Kq] (packed along K, the GEMM plugin's layout) -> DequantizeLinear -> Transpose -> [Kq, N].
+
+    Per-channel scales are the blocked form with one block of Kq, so every format is one node shape.
+    """
+    kq = ql.q.shape[0]
+    w_int = b.const("weight_q", np.ascontiguousarray(ql.q.T).astype(INT_TYPES[ql.fmt.w_bits]))
+    scale = b.const("weight_scale", np.ascontiguousarray(ql.scale.T))  # (N, G)
+    dq = b.op("DequantizeLinear", [w_int, scale], "weight/DequantizeLinear", axis=1, block_size=ql.fmt.group or kq)
+    return b.op("Transpose", [dq], "weight/Transpose", perm=[1, 0])
+
+
+def build_quantized_linear(b: _Builder, x: ir.Value, ql: QuantizedLinear, dtype: ir.DataType) -> ir.Value:
+    """The subgraph of the docstring; returns y in ``dtype``."""
+    xk = x if len(ql.outliers) == 0 else b.op("Gather", [x, b.const("keep", ql.keep)], "keep/Gather", axis=-1)
+    if dtype != ir.DataType.FLOAT:
+        xk = b.op("Cast", [xk], "in/Cast", to=ir.DataType.FLOAT)
+    if ql.fmt.a_bits is not None:
+        xk = _activation_qdq(b, xk, ql.fmt.a_bits)
+    y = b.op("MatMul", [xk, _weight_dq(b, ql)], "MatMul")
+    if dtype != ir.DataType.FLOAT:
+        y = b.op("Cast", [y], "out/Cast", to=dtype)
+    if len(ql.outliers):
+        xo = b.op("Gather", [x, b.const("outlier_index", ql.outliers)], "outliers/Gather", axis=-1)
+        w_out = ql.w_out.astype(ir.DataType(dtype).numpy())
+        y = b.op("Add", [y, b.op("MatMul", [xo, b.const("weight_outliers", w_out)], "outliers/MatMul")], "Add")
+    return y
+
+
+class QuantizeLinearsPass(GraphPass):
+    """Rewrites every ``MatMul(x, W)`` whose W is a listed linear's float initializer (see module doc)."""
+
+    name = "quantize_linears"
+
+    def __init__(self, options: QuantOptions, linears: list[dict], stats: dict[str, LinearStats],
+                 on_linear: Callable[[str], None] = lambda module: None):
+        super().__init__()
+        self.options, self.stats, self.on_linear = options, stats, on_linear
+        self.records = {lin["weight"]: lin for lin in linears}
+        self.float_weights = {w for w, lin in self.records.items() if lin["layer"] is None}  # lm_head, as in QUIK
+
+    def settings(self) -> dict:
+        return self.options.settings()
+
+    def _candidate(self, node: ir.Node) -> Optional[dict]:
+        if node.op_type != "MatMul" or node.domain != "":
+            return None
+        weight = node.inputs[1]
+        if weight is None or weight.const_value is None:
+            return None  # activation x activation (none in the canonical graph)
+        if weight.name not in self.records:
+            self.refuse(f"{node.name}: constant weight {weight.name} is not a linear in planforge.json")
+            return None
+        if weight.name in self.float_weights:
+            self.refuse(f"{node.name}: the LM head stays in float")
+            return None
+        if weight.const_value.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+            self.refuse(f"{node.name}: weight is {weight.const_value.dtype}, already quantized")
+            return None
+        return self.records[weight.name]
+
+    def rewrite_graph(self, graph: ir.Graph) -> int:
+        count = 0
+        for node in list(graph):
+            record = self._candidate(node)
+            if record is None:
+                continue
+            self.rewrite(graph, node, record)
+            self.on_linear(record["module"])
+            count += 1
+        return count
+
+    def rewrite(self, graph: ir.Graph, node: ir.Node, record: dict) -> None:
+        x, weight = node.inputs
+        fmt = format_for(self.options, record["role"], record["in_features"])
+        stats = self.stats.get(weight.name)
+        if stats is None and (fmt.outliers or self.options.weight_method == "gptq"):
+            raise QuantizationError(f"no calibration statistics for {record['module']}.")
+        ql = quantize_linear(weight.const_value.numpy().astype(np.float32), fmt, stats,
+                             self.options.weight_method, self.options.clip_search)
+        b = _Builder(graph, f"{record['module']}/quant")
+        y = build_quantized_linear(b, x, ql, weight.const_value.dtype)
+        ir.convenience.replace_nodes_and_values(graph, node, [node], b.tape.nodes, [node.outputs[0]], [y])
+        if not weight.uses() and weight.name in graph.initializers:
+            graph.initializers.pop(weight.name)
