@@ -1,17 +1,17 @@
 """``MatMul(x, W) -> QDQ linear``: QUIK W4A4 with float outlier columns, and W8A8 / W4A16, in standard ONNX.
 
-One linear after the rewrite (K = Kq + Ko input columns, N outputs; the float32
-section is skipped casts for an fp32 model)::
+One linear after the rewrite (K = Kq + Ko input columns, N outputs;
+the Casts are absent for an fp32 model; W_q is INT8 for 8-bit layers)::
 
     x (B,S,K) ─┬─► Gather(keep, axis=-1) ─► Cast f32 ─► xq (B,S,Kq)
-               │      lo = ReduceMin(xq, -1)   hi = ReduceMax(xq, -1)                (B,S,1)
+               │      lo = ReduceMin(xq, -1)   hi = ReduceMax(xq, -1)                  (B,S,1)
                │      s  = (hi - lo) / (2^a - 1)   (1 where hi == lo)   zero = lo + 2^(a-1)·s
-               │      q  = Clip(Floor((xq - lo) / s + 0.5), 0, 2^a - 1) - 2^(a-1)     signed a-bit ints
-               │      x̂  = q·s + zero
-               │                                                                         ▼
-               │   W_q [N,Kq] INT4/INT8 ─► DequantizeLinear(s_w [N,Kq/g], axis=1, block g) ─► Transpose ─► MatMul ─► Cast
-               │                                                                                                   │
-               └─► Gather(outliers, axis=-1) ─► MatMul(·, W_out [Ko,N] model dtype) ────────────────────► Add ─► y
+               │      q  = Clip(Floor((xq - lo) / s + 0.5), 0, 2^a - 1) - 2^(a-1)    signed a-bit ints
+               │      x̂  = q·s + zero  ─────────────────────────────────────────────────┐
+               │                                                                        ▼
+               │   W_q [N,Kq] INT4 ─► DequantizeLinear(s_w [N,Kq/g], block g) ─► Transpose ─► MatMul ─► Cast
+               │                                                                                   │
+               └─► Gather(outliers, axis=-1) ─► MatMul(·, W_out [Ko,N] model dtype) ──────────► Add ─► y
 
 Activations are asymmetric per token (computed online), weights symmetric per
 output channel (g = Kq; or per block of g input rows for weight-only W4A16, which has no

@@ -1,0 +1,91 @@
+"""The quantization results table (docs/quantization.md) on the shipped reference model.
+
+    python samples/quantization_results.py
+
+Exports the model (fp32, fp16), quantizes the fp16 export with every scheme of
+`planforge optimize`, and prints a markdown table: held-out perplexity on the
+first --max-tokens tokens of heldout.txt (disjoint 256-token windows), its
+change against FP16, multiple-choice accuracy, and model file size. Calibration
+uses the last quarter of heldout.txt, which the perplexity never scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from planforge.evaluation.api import evaluate
+from planforge.exporter.api import ExportOptions, export
+from planforge.graph_passes.api import OptimizeOptions, optimize
+from planforge.graph_passes.schemes import QuantOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (label, QuantOptions or None for the float export itself)
+ROWS = [
+    ("W8A8 RTN", QuantOptions("w8a8")),
+    ("W4A16 g128 RTN", QuantOptions("w4a16")),
+    ("W4A16 g128 GPTQ", QuantOptions("w4a16", weight_method="gptq")),
+    ("W4A4 no outliers, RTN", QuantOptions("w4a4", outliers="0", int8_layers=())),
+    ("W4A4 no outliers, GPTQ", QuantOptions("w4a4", outliers="0", int8_layers=(), weight_method="gptq")),
+    ("W4A4 3% outliers, INT8 down_proj, RTN", QuantOptions("w4a4", outliers="0.03")),
+    ("W4A4 1% outliers, INT8 down_proj, GPTQ", QuantOptions("w4a4", outliers="0.01", weight_method="gptq")),
+    ("W4A4 3% outliers, INT8 down_proj, GPTQ", QuantOptions("w4a4", outliers="0.03", weight_method="gptq")),
+    ("W4A4 6% outliers, INT8 down_proj, GPTQ", QuantOptions("w4a4", outliers="0.06", weight_method="gptq")),
+    ("W4A4 3% outliers, 4-bit down_proj, GPTQ", QuantOptions("w4a4", outliers="0.03", int8_layers=(),
+                                                             weight_method="gptq")),
+]
+
+
+def model_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.iterdir() if f.name.startswith("model.onnx"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "samples" / "reference_model")
+    parser.add_argument("--text", type=Path, help="Held-out text. Default: MODEL/heldout.txt.")
+    parser.add_argument("--accuracy", type=Path, help="Accuracy set. Default: MODEL/accuracy.jsonl.")
+    parser.add_argument("--max-tokens", type=int, default=16384, help="Held-out tokens scored for perplexity.")
+    parser.add_argument("--accuracy-items", type=int, default=300, help="Accuracy items scored (from the start).")
+    parser.add_argument("--calib-samples", type=int, default=64, help="Calibration windows of 256 tokens.")
+    parser.add_argument("--rows", type=int, default=len(ROWS), help="Run only the first N quantized rows.")
+    parser.add_argument("--out", type=Path, help="Keep the models here. Default: a temporary directory.")
+    args = parser.parse_args()
+    text_path, acc_path = args.text or args.model / "heldout.txt", args.accuracy or args.model / "accuracy.jsonl"
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.out or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        text = text_path.read_text()
+        calib = work / "calib.txt"
+        calib.write_text(text[3 * len(text) // 4:])
+        accuracy = work / "accuracy.jsonl"
+        accuracy.write_text("".join(acc_path.read_text().splitlines(True)[:args.accuracy_items]))
+        models = [("FP32", export(str(args.model), work / "fp32", ExportOptions(dtype="fp32", force=True)) and work / "fp32"),
+                  ("FP16", export(str(args.model), work / "fp16", ExportOptions(dtype="fp16", force=True)) and work / "fp16")]
+        for i, (label, quant) in enumerate(ROWS[:args.rows]):
+            out = work / f"q{i}"
+            optimize(work / "fp16", out, OptimizeOptions(quant=quant, calib=calib, calib_samples=args.calib_samples,
+                                                         force=True))
+            models.append((label, out))
+        rows, fp16 = [], None
+        for label, directory in models:
+            start = time.perf_counter()
+            result = evaluate(directory, text_path, accuracy, max_tokens=args.max_tokens)
+            fp16 = result["ppl"] if label == "FP16" else fp16
+            rows.append((label, result, model_bytes(directory), time.perf_counter() - start))
+            print(json.dumps({**result, "label": label}), flush=True)
+    base = rows[1][2]
+    print(f"\n| model | perplexity ({rows[0][1]['tokens']} tokens) | vs FP16 | accuracy ({rows[0][1]['accuracy_items']}) "
+          "| model.onnx MB | size vs FP16 |")
+    print("|---|---|---|---|---|---|")
+    for label, result, size, _ in rows:
+        print(f"| {label} | {result['ppl']:.3f} | {100 * (result['ppl'] / fp16 - 1):+.1f}% | "
+              f"{100 * result['accuracy']:.1f}% | {size / 1e6:.2f} | {size / base:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
