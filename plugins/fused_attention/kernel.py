@@ -225,8 +225,13 @@ def default_num_splits(batch_kv_heads: int, smax: int, device) -> int:
     return max(1, min(triton_cdiv(4 * sms, batch_kv_heads), triton_cdiv(smax, 256)))
 
 
+# (BLOCK_N, num_warps, num_stages) of the split kernel: fixed (autotuning it gave a different
+# pick from run to run for one long sequence, up to 1.5x apart)
+DECODE_CONFIG = (64, 4, 4)
+
+
 def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 0,
-           groups: torch.Tensor | None = None) -> torch.Tensor:
+           groups: torch.Tensor | None = None, config=None) -> torch.Tensor:
     """Triton split-K decode attention; see reference.attention_decode.
 
     With ``groups (B, h) int32``, only KV heads ``groups[b]`` are used and q holds their
@@ -242,14 +247,16 @@ def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 
     if groups is not None:
         assert groups.dtype == torch.int32 and groups.is_contiguous() and groups.shape[0] == B
     splits = num_splits or default_num_splits(B * ng, Smax, q.device)
+    block_n, warps, stages = config or DECODE_CONFIG
     o_part = torch.empty((B * Hq * splits, D), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((B * Hq * splits,), dtype=torch.float32, device=q.device)
-    decode_split_kernel[(splits, B * ng)](
+    decode_split_kernel.fn[(splits, B * ng)](
         q, k_cache, v_cache, seq_lens, o_part, lse_part, seq_lens if groups is None else groups,
         _qk_scale(scale, D), Hq, ng,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_SPLITS=splits, G=g, G_PAD=max(16, next_pow2(g)), HEAD_D=D, HAS_GROUPS=groups is not None,
+        BLOCK_N=block_n, num_warps=warps, num_stages=stages,
     )
     o = torch.empty_like(q)
     decode_combine_kernel[(B * Hq,)](

@@ -135,6 +135,125 @@ def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, M, N, KB, KO, M_BUCKET
     tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mm[:, None] & nm[None, :])
 
 
+@triton.jit
+def _code(x, lo, scale, QMAX: tl.constexpr, HALF: tl.constexpr):
+    """float32 values -> signed integer codes, the quantizer's exact operation order."""
+    q = tl.math.floor(tl.math.div_rn(x - lo, scale) + 0.5)
+    return tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0).to(tl.int32) - HALF
+
+
+@triton.jit
+def quik_gemv_kernel(X, PERM, XQ, SX, ZX, XO, WQ, SW, WSUM, WO, Y, N, KB, KO, swq, swo,
+                     BITS: tl.constexpr, FUSED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     BLOCK_KO: tl.constexpr, BLOCK_X: tl.constexpr):
+    """One token (M = 1): y (N,) on CUDA cores, BLOCK_N output channels per program.
+
+    Bandwidth-bound on the packed weights, so no tensor cores: each program streams its
+    (BLOCK_N, KB) packed rows and multiply-adds the sign-extended nibbles in int32 (exact).
+    FUSED: the token is quantized inside the kernel (every program takes the row's min/max
+    itself: K gathers from L2, cheaper than a second launch), else x_q/x_scale/x_zero/x_out
+    come from QuikQuantize.
+    """
+    PACK: tl.constexpr = 8 // BITS
+    QMAX: tl.constexpr = (1 << BITS) - 1
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    KQ = KB * PACK
+    if FUSED:
+        offs_x = tl.arange(0, BLOCK_X)
+        lo_v = tl.full([BLOCK_X], float("inf"), tl.float32)
+        hi_v = tl.full([BLOCK_X], float("-inf"), tl.float32)
+        for k in range(0, KQ, BLOCK_X):
+            xm = (k + offs_x) < KQ
+            cols = tl.load(PERM + k + offs_x, mask=xm, other=0)
+            xv = tl.load(X + cols, mask=xm, other=0.0).to(tl.float32)
+            lo_v = tl.minimum(lo_v, tl.where(xm, xv, float("inf")))
+            hi_v = tl.maximum(hi_v, tl.where(xm, xv, float("-inf")))
+        lo = tl.min(lo_v, 0)
+        hi = tl.max(hi_v, 0)
+        scale = tl.math.div_rn(hi - lo, QMAX * 1.0)
+        scale = tl.where(scale > 0, scale, 1.0)
+        zero = lo + HALF * scale
+    else:
+        lo = 0.0
+        scale = tl.load(SX)
+        zero = tl.load(ZX)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.int32)
+    w_ptrs = WQ + offs_n[:, None].to(tl.int64) * swq + offs_k[None, :]
+    for k in range(0, KB, BLOCK_K):
+        km = (k + offs_k) < KB
+        w = tl.load(w_ptrs + k, mask=nm[:, None] & km[None, :], other=0).to(tl.int32)  # (BN, BK) bytes
+        if BITS == 4:
+            if FUSED:
+                cols = tl.load(PERM + (k + offs_k)[:, None] * 2 + tl.arange(0, 2)[None, :], mask=km[:, None], other=0)
+                q = _code(tl.load(X + cols, mask=km[:, None], other=0.0).to(tl.float32), lo, scale, QMAX, HALF)
+                a0, a1 = tl.split(q)  # codes of columns 2j and 2j+1
+            else:
+                a = tl.load(XQ + k + offs_k, mask=km, other=0).to(tl.int32)
+                a0 = (a << 28) >> 28
+                a1 = a >> 4
+            acc += a0[None, :] * ((w << 28) >> 28) + a1[None, :] * (w >> 4)
+        else:
+            if FUSED:
+                cols = tl.load(PERM + k + offs_k, mask=km, other=0)
+                a = _code(tl.load(X + cols, mask=km, other=0.0).to(tl.float32), lo, scale, QMAX, HALF)
+            else:
+                a = tl.load(XQ + k + offs_k, mask=km, other=0).to(tl.int32)
+            acc += a[None, :] * w
+    dot = tl.sum(acc, 1)
+    sw = tl.load(SW + offs_n, mask=nm, other=0.0)
+    wsum = tl.load(WSUM + offs_n, mask=nm, other=0.0)
+    y = dot.to(tl.float32) * scale * sw + zero * (sw * wsum)
+    offs_o = tl.arange(0, BLOCK_KO)
+    yo = tl.zeros([BLOCK_N, BLOCK_KO], tl.float32)
+    for k in range(0, KO, BLOCK_KO):
+        om = (k + offs_o) < KO
+        if FUSED:
+            xo = tl.load(X + tl.load(PERM + KQ + k + offs_o, mask=om, other=0), mask=om, other=0.0)
+        else:
+            xo = tl.load(XO + k + offs_o, mask=om, other=0.0)
+        wo = tl.load(WO + offs_n[:, None].to(tl.int64) * swo + (k + offs_o)[None, :],
+                     mask=nm[:, None] & om[None, :], other=0.0)
+        yo += xo.to(tl.float32)[None, :] * wo.to(tl.float32)
+    y += tl.sum(yo, 1)
+    tl.store(Y + offs_n, y.to(Y.dtype.element_ty), mask=nm)
+
+
+# (BLOCK_N, BLOCK_K, num_warps, num_stages), fixed, not autotuned (H100 sweep): the M = 1
+# kernel fed by QuikQuantize, the same kernel quantizing in place, the tensor-core kernel at 1 < M <= 16
+GEMV_CONFIG = (8, 512, 4, 3)
+SMALL_M_CONFIG = (64, 128, 4, 4)
+# linear() on one token: one launch (quantize inside the GEMV) or QuikQuantize + GEMV
+FUSE_M1 = True
+
+
+def _fused_config(n: int, kb: int):
+    """Quantizing in place costs every program a pass over the token: long rows want more
+    channels per program (fewer passes), wide layers more programs."""
+    if kb >= 4096:
+        return (32, 512, 8, 3)
+    return (32, 256, 4, 3) if n >= 8192 else (16, 512, 4, 3)
+
+
+def _gemv(x, perm, x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, out_dtype, config=None):
+    N, kb = w_q.shape
+    ko = w_out.shape[1]
+    fused = x is not None
+    bn, bk, warps, stages = config or (_fused_config(N, kb) if fused else GEMV_CONFIG)
+    y = torch.empty((1, N), dtype=out_dtype, device=w_q.device)
+    quik_gemv_kernel[(triton.cdiv(N, bn),)](
+        x if fused else x_q, perm if fused else x_q, x_q if not fused else x, x_scale if not fused else x,
+        x_zero if not fused else x, x_out if not fused else x, w_q, w_scale, w_sum, w_out, y, N, kb, ko,
+        w_q.stride(0), max(1, w_out.stride(0)),
+        BITS=bits, FUSED=fused, BLOCK_N=bn, BLOCK_K=bk, BLOCK_KO=64, BLOCK_X=min(4096, next_pow2(kb * 8 // bits)),
+        num_warps=warps, num_stages=stages,
+    )
+    return y
+
+
 def quantize(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, bits: int = 4):
     """Triton version of reference.quantize_activations (bit-exact)."""
     M, K = x.shape
@@ -162,7 +281,18 @@ def matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits: int = 
     N = w_q.shape[0]
     ko = x_out.shape[1]
     assert w_q.shape[1] == kb and w_out.shape == (N, ko) and compute in ("int8", "fp8")
+    if M == 1:
+        return _gemv(None, None, x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, x_out.dtype)
     y = torch.empty((M, N), dtype=x_out.dtype, device=x_q.device)
+    if M <= 16:  # fixed config: no autotuner dispatch on the decode path
+        bn, bk, warps, stages = SMALL_M_CONFIG
+        quik_gemm_kernel.fn[(triton.cdiv(N, bn),)](
+            x_q, w_q, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y, M, N, kb, ko, 16,
+            x_q.stride(0), w_q.stride(0), max(1, x_out.stride(0)), max(1, w_out.stride(0)), y.stride(0),
+            BITS=bits, USE_FP8=compute == "fp8" and bits == 4, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1,
+            num_warps=warps, num_stages=stages,
+        )
+        return y
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     quik_gemm_kernel[grid](
         x_q, w_q, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y, M, N, kb, ko, min(next_pow2(M), 4096),
@@ -173,6 +303,10 @@ def matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits: int = 
 
 
 def linear(x: torch.Tensor, w, compute: str = "int8") -> torch.Tensor:
-    """QUIK linear on the GPU: quantize the activations, then the fused GEMM (w: QuikWeights)."""
+    """QUIK linear on the GPU: quantize the activations, then the fused GEMM (w: QuikWeights).
+
+    One token (decode) is a single launch: quantization fused into the GEMV."""
+    if x.shape[0] == 1 and x.stride(1) == 1 and FUSE_M1:
+        return _gemv(x, w.perm, None, None, None, None, w.packed, w.scale, w.wsum, w.outliers, w.bits, x.dtype)
     xq, sx, zx, xo = quantize(x, w.perm, w.n_outliers, w.bits)
     return matmul(xq, sx, zx, xo, w.packed, w.scale, w.wsum, w.outliers, w.bits, compute)

@@ -120,3 +120,21 @@ def test_linear_custom_op_matches_reference_on_llama_shape():
     got = quik_linear(x, W)
     want = ref.quik_linear(x, W)
     torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=1e-3 * want.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N,K,Ko", [(4096, 4096, 256), (1000, 1100, 24), (64, 512, 0), (300, 11008, 256)])
+def test_one_token_linear_quantizes_inside_the_gemv(bits, dtype, N, K, Ko):
+    """M = 1: kernel.linear quantizes inside the GEMV (one launch); same numbers as the two ops."""
+    from planforge.plugins.w4a4_gemm import kernel
+
+    x, W = _layer(1, K, N, Ko, bits, dtype, seed=N + K + bits)
+    got = kernel.linear(x, W)
+    xq, sx, zx, xo = ref.quantize_activations(x, W.perm, Ko, bits)
+    want = ref.quik_matmul(xq, sx, zx, xo, W.packed, W.scale, W.wsum, W.outliers, bits, torch.float32)
+    eps = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    torch.testing.assert_close(got.float(), want, rtol=2 * eps, atol=1e-3 * want.abs().max().item())
+    two_ops = kernel.matmul(*kernel.quantize(x, W.perm, Ko, bits), W.packed, W.scale, W.wsum, W.outliers, bits)
+    torch.testing.assert_close(got.float(), two_ops.float(), rtol=2 * eps, atol=1e-3 * want.abs().max().item())
