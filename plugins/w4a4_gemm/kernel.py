@@ -12,7 +12,12 @@ two halves go through separate int8 tensor-core dots (``tl.dot`` on int8 -> int3
 interleave is needed: sum_k a_k w_k = sum_j a_2j w_2j + a_2j+1 w_2j+1. With
 ``compute="fp8"`` the same integers go through e4m3 tensor cores (exact for -8..7).
 The epilogue applies token and channel scales, the zero-point correction and adds the
-fp16/bf16 outlier GEMM, then writes the output once.
+fp16/bf16 outlier GEMM, then writes the output once. M <= 16 uses one fixed tile (64x128)
+instead of the autotuner, whose dispatch costs more than the decode GEMM itself.
+
+``quik_gemv_kernel`` (M = 1): memory-bound, so CUDA cores rather than 16-row tensor-core
+tiles: each program streams BLOCK_N packed weight rows and accumulates int32 products of
+sign-extended nibbles (exact). ``linear`` runs it with the quantizer fused in (one launch).
 """
 
 from __future__ import annotations
