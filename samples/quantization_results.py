@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 from planforge.evaluation.api import evaluate
@@ -31,6 +30,7 @@ ROWS = [
     ("W4A16 g128 GPTQ", QuantOptions("w4a16", weight_method="gptq")),
     ("W4A4 no outliers, RTN", QuantOptions("w4a4", outliers="0", int8_layers=())),
     ("W4A4 no outliers, GPTQ", QuantOptions("w4a4", outliers="0", int8_layers=(), weight_method="gptq")),
+    ("W4A4 no outliers, INT8 down_proj, GPTQ", QuantOptions("w4a4", outliers="0", weight_method="gptq")),
     ("W4A4 3% outliers, INT8 down_proj, RTN", QuantOptions("w4a4", outliers="0.03")),
     ("W4A4 1% outliers, INT8 down_proj, GPTQ", QuantOptions("w4a4", outliers="0.01", weight_method="gptq")),
     ("W4A4 3% outliers, INT8 down_proj, GPTQ", QuantOptions("w4a4", outliers="0.03", weight_method="gptq")),
@@ -42,6 +42,17 @@ ROWS = [
 
 def model_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.iterdir() if f.name.startswith("model.onnx"))
+
+
+def linear_bytes(directory: Path) -> int:
+    """Bytes of the decoder linears' tensors (weights, scales, outlier weights); not embeddings or norms."""
+    import onnx
+
+    linears = {lin["module"] for lin in json.loads((directory / "planforge.json").read_text())["linears"]
+               if lin["layer"] is not None}
+    model = onnx.load(str(directory / "model.onnx"), load_external_data=False)
+    return sum(len(t.raw_data) for t in model.graph.initializer
+               if any(t.name.startswith(m + ".") or t.name.startswith(m + "/") for m in linears))
 
 
 def main() -> None:
@@ -73,18 +84,17 @@ def main() -> None:
             models.append((label, out))
         rows, fp16 = [], None
         for label, directory in models:
-            start = time.perf_counter()
             result = evaluate(directory, text_path, accuracy, max_tokens=args.max_tokens)
             fp16 = result["ppl"] if label == "FP16" else fp16
-            rows.append((label, result, model_bytes(directory), time.perf_counter() - start))
+            rows.append((label, result, model_bytes(directory), linear_bytes(directory)))
             print(json.dumps({**result, "label": label}), flush=True)
-    base = rows[1][2]
+    base, base_linears = rows[1][2], rows[1][3]
     print(f"\n| model | perplexity ({rows[0][1]['tokens']} tokens) | vs FP16 | accuracy ({rows[0][1]['accuracy_items']}) "
-          "| model.onnx MB | size vs FP16 |")
-    print("|---|---|---|---|---|---|")
-    for label, result, size, _ in rows:
+          "| model.onnx MB | size vs FP16 | linears vs FP16 |")
+    print("|---|---|---|---|---|---|---|")
+    for label, result, size, lin in rows:
         print(f"| {label} | {result['ppl']:.3f} | {100 * (result['ppl'] / fp16 - 1):+.1f}% | "
-              f"{100 * result['accuracy']:.1f}% | {size / 1e6:.2f} | {size / base:.3f}x |")
+              f"{100 * result['accuracy']:.1f}% | {size / 1e6:.2f} | {size / base:.3f}x | {lin / base_linears:.3f}x |")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, w4a4, calib_
         "outliers": (["--outliers", "64", "--calib", calib_text], "leave nothing to quantize"),
         "short_calib": (["--calib", tmp_path / "short.txt", "--calib-seq-len", 64], "fewer than one sample"),
         "already_quantized": (["--quant", "w8a8"], "already quantized"),
-        "no_weights": (["--quant", "w4a16"], "cannot be read"),
+        "no_weights": (["--weight-method", "gptq", "--calib", calib_text], "cannot be read"),
         "no_calib": (["--weight-method", "gptq"], "--calib"),
     }[case]
     (tmp_path / "short.txt").write_text("The quick brown fox.")
@@ -134,3 +134,12 @@ def test_quant_none_copies_and_w4a16_needs_no_calibration(tiny_model, tmp_path):
     _, (report,) = optimize(source, tmp_path / "w4a16", OptimizeOptions(quant=QuantOptions("w4a16")))
     assert report.matches == 14
     assert json.loads((tmp_path / "w4a16" / "planforge.json").read_text())["passes"][0]["settings"]["scheme"] == "w4a16"
+
+
+def test_every_optimize_option_has_help():
+    import typer.main
+
+    from planforge.cli.app import app
+
+    command = typer.main.get_command(app).commands["optimize"]
+    assert command.help and all(getattr(p, "help", None) for p in command.params)
