@@ -55,7 +55,9 @@ def _check_source(model_dir: Path, manifest: Manifest, model: ir.Model) -> None:
                                     f"{constants.EXTERNAL_DATA_FILE} must sit beside model.onnx.") from None
 
 
-def _calibration_stats(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress) -> dict:
+def _calibration_stats(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress
+                       ) -> tuple[dict, dict]:
+    """(stats per linear weight, the calibration settings for the manifest)."""
     quant = options.quant
     if options.calib is None:
         raise CalibrationError(f"--quant {quant.scheme} with outliers or GPTQ needs calibration text: --calib FILE.")
@@ -67,8 +69,9 @@ def _calibration_stats(model_dir: Path, manifest: Manifest, options: OptimizeOpt
     ids = Tokenizer(model_dir).encode(Path(options.calib).read_text())
     samples = calibration_samples(ids, seq_len, options.calib_samples)
     task = progress.add_task("calibration", total=len(samples))
-    return calibrate(model_dir, manifest, samples, hessians=quant.weight_method == "gptq",
-                     on_sample=lambda i: progress.update(task, completed=i))
+    stats = calibrate(model_dir, manifest, samples, hessians=quant.weight_method == "gptq",
+                      on_sample=lambda i: progress.update(task, completed=i))
+    return stats, {"text": str(options.calib), "samples": len(samples), "seq_len": seq_len}
 
 
 def _passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress) -> list:
@@ -78,9 +81,11 @@ def _passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progr
     quant.validate()
     for lin in manifest.linears:  # outlier counts against every layer's width, before any work
         format_for(quant, lin["role"], lin["in_features"])
-    stats = _calibration_stats(model_dir, manifest, options, progress) if quant.needs_calibration else {}
+    stats, calibration = (_calibration_stats(model_dir, manifest, options, progress) if quant.needs_calibration
+                          else ({}, None))
     task = progress.add_task(f"quantize {quant.scheme} ({quant.weight_method})", total=len(manifest.linears))
-    return [QuantizeLinearsPass(quant, manifest.linears, stats, on_linear=lambda m: progress.advance(task))]
+    return [QuantizeLinearsPass(quant, manifest.linears, stats, on_linear=lambda m: progress.advance(task),
+                                calibration=calibration)]
 
 
 def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOptions()

@@ -154,14 +154,14 @@ class QuantizeLinearsPass(GraphPass):
     name = "quantize_linears"
 
     def __init__(self, options: QuantOptions, linears: list[dict], stats: dict[str, LinearStats],
-                 on_linear: Callable[[str], None] = lambda module: None):
+                 on_linear: Callable[[str], None] = lambda module: None, calibration: Optional[dict] = None):
         super().__init__()
-        self.options, self.stats, self.on_linear = options, stats, on_linear
+        self.options, self.stats, self.on_linear, self.calibration = options, stats, on_linear, calibration
         self.records = {lin["weight"]: lin for lin in linears}
         self.float_weights = {w for w, lin in self.records.items() if lin["layer"] is None}  # lm_head, as in QUIK
 
     def settings(self) -> dict:
-        return self.options.settings()
+        return {**self.options.settings(), "calibration": self.calibration}
 
     def _candidate(self, node: ir.Node) -> Optional[dict]:
         if node.op_type != "MatMul" or node.domain != "":

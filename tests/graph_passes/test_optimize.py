@@ -50,6 +50,7 @@ def test_optimize_writes_quantized_model_and_records_the_pass(tiny_model, w4a4):
     assert entry["name"] == "quantize_linears" and entry["matches"] == 14
     assert entry["settings"]["scheme"] == "w4a4" and entry["settings"]["weight_method"] == "gptq"
     assert entry["settings"]["outliers"] == "8" and entry["settings"]["int8_layers"] == ["down_proj"]
+    assert entry["settings"]["calibration"]["samples"] == 4 and entry["settings"]["calibration"]["seq_len"] == CALIB_SEQ
     assert (out / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
     model = onnx.load(str(out / "model.onnx"))
     types = {t.name: t.data_type for t in model.graph.initializer}
