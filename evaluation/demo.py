@@ -2,7 +2,9 @@
 generate on ONNX Runtime, and tabulate size, speed, perplexity, accuracy and agreement.
 
 Variants today: the transformers source (run in fp32 with torch) as the baseline, the
-exported fp32 ONNX model, and the fp16 export. Each later pass adds a row.
+exported fp32 ONNX model, the fp16 export, and QUIK W4A4 of the fp16 export (3% float
+outlier columns, INT8 down_proj, RTN weights; calibrated on the last quarter of the
+held-out file, which the perplexity never reaches). Each later pass adds a row.
 """
 
 from __future__ import annotations
@@ -73,6 +75,18 @@ def _decode_speed(model_dir: Path, prompts: list[list[int]], new_tokens: int) ->
     return result.new_token_count / (time.perf_counter() - start), result.tokens
 
 
+def _quantize_w4a4(model: Path, fp16_dir: Path, out: Path, force: bool) -> Path:
+    from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.graph_passes.schemes import QuantOptions
+
+    text = (model / "heldout.txt").read_text()
+    calibration = out / "calibration.txt"  # the last quarter: perplexity scores only the start of the file
+    calibration.write_text(text[3 * len(text) // 4:])
+    optimize(fp16_dir, out / "w4a4", OptimizeOptions(quant=QuantOptions(scheme="w4a4", weight_method="rtn"),
+                                                     calib=calibration, calib_samples=32, force=force))
+    return out / "w4a4"
+
+
 def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, force: bool = True,
              status: Callable[[str], None] = print) -> DemoResult:
     from planforge.exporter.api import ExportOptions, export
@@ -88,6 +102,8 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
     for name, directory in variants.items():
         report(f"exporting {name} -> {directory}")
         export(str(model), directory, ExportOptions(dtype=name.split()[-1], force=force))
+    report(f"quantizing onnx fp16 to W4A4 (QUIK) -> {out / 'w4a4'}")
+    variants["onnx W4A4 (QUIK)"] = _quantize_w4a4(model, variants["onnx fp16"], out, force)
 
     tokenizer = Tokenizer(variants["onnx fp32"])
     text_ids = np.array(tokenizer.encode((model / "heldout.txt").read_text()), dtype=np.int64)[:max_tokens]
