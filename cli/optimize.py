@@ -41,6 +41,7 @@ def command(
     """Apply graph passes to a compiled model: W4A4 (QUIK, with float outliers), W8A8 or W4A16 quantization."""
     from planforge.graph_passes.api import OptimizeOptions, optimize
     from planforge.graph_passes.schemes import QuantOptions
+    from planforge.runtime.manifest import model_file_bytes
 
     roles = tuple(r.strip() for r in int8_layers.split(",") if r.strip() and r.strip() != "none")
     quant_options = None if quant is Quant.none else QuantOptions(
@@ -51,5 +52,5 @@ def command(
                                                          show_progress=not quiet))
     for report in reports:
         typer.echo(f"{report.name}: {report.matches} rewritten")
-    size = sum(f.stat().st_size for f in Path(output).iterdir() if f.name.startswith("model.onnx"))
+    size = model_file_bytes(output)
     typer.echo(f"wrote {output} ({size / 1e6:.1f} MB model)")

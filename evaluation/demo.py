@@ -17,11 +17,11 @@ from typing import Callable, Optional
 import numpy as np
 
 import planforge
-from planforge import constants
 from planforge.errors import ModelNotFoundError
 from planforge.evaluation.accuracy import accuracy, load_items
 from planforge.evaluation.perplexity import perplexity
 from planforge.evaluation.scorers import CompiledScorer, TransformersScorer, gather_logprobs
+from planforge.runtime.manifest import model_file_bytes
 
 REFERENCE_MODEL = Path(planforge.__file__).resolve().parent / "samples" / "reference_model"
 PROMPTS = ("The Python interpreter", "To open a file, use", "A list comprehension")
@@ -41,11 +41,6 @@ class VariantRow:
 class DemoResult:
     rows: list[VariantRow]
     samples: list[tuple[str, str]]
-
-
-def _dir_size_mb(directory: Path) -> float:
-    files = [directory / constants.MODEL_FILE, directory / constants.EXTERNAL_DATA_FILE]
-    return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
 
 
 class _PredictionRecorder:
@@ -121,7 +116,7 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
         if directory is not None:
             report(f"generating with {name}")
             speed, tokens = _decode_speed(directory, prompts, new_tokens)
-            size = _dir_size_mb(directory)
+            size = model_file_bytes(directory) / 1e6
             samples = samples or [(p, tokenizer.decode(t)) for p, t in zip(PROMPTS, tokens)]
         predictions[name] = recorder.all_predictions()
         rows.append(VariantRow(name, size, speed, ppl, acc, top1_agreement=None))

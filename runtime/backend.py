@@ -29,3 +29,8 @@ class Backend(Protocol):
         cache: Any,
     ) -> tuple[np.ndarray, Any]:
         """Returns logits (B, S, V) float32 and the cache holding P + S positions."""
+
+
+def positions_from_mask(attention_mask: np.ndarray) -> np.ndarray:
+    """Position of each token of a left-padded batch: (B, L) -> (B, L); padding gets 0 (never read)."""
+    return np.maximum(np.cumsum(attention_mask, axis=-1) - 1, 0)

@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from planforge.errors import InvalidGenerationConfigError, InvalidPromptError, PromptTooLongError
-from planforge.runtime.backend import Backend
+from planforge.runtime.backend import Backend, positions_from_mask
 from planforge.runtime.sampling import Sampler, SamplingConfig
 
 TokenCallback = Callable[[int, int], None]  # (row in the batch, new token id)
@@ -78,7 +78,7 @@ class Generator:
                 raise InvalidPromptError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab}).")
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray):
-        positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)  # (B, L); padding positions are unused
+        positions = positions_from_mask(mask)  # (B, L)
         logits, cache = self.backend.forward(ids, mask, positions, self.backend.empty_cache(ids.shape[0]))
         return logits[:, -1], cache, positions[:, -1]
 

@@ -84,6 +84,12 @@ class Manifest:
         return KV_NUMPY_DTYPES[self.dtype]
 
 
+def model_file_bytes(directory: Path) -> int:
+    """Size of a compiled model's graph and weights: model.onnx plus its external data, if any."""
+    files = [Path(directory) / constants.MODEL_FILE, Path(directory) / constants.EXTERNAL_DATA_FILE]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
 def io_contract(dims: Dims, dtype: str) -> dict:
     """The ORT-GenAI-style I/O of the exported graph, as recorded in the manifest."""
     kv_in = ["batch", dims.num_kv_heads, "past_sequence", dims.head_dim]

@@ -15,6 +15,7 @@ import numpy as np
 
 from planforge import constants
 from planforge.errors import BackendUnavailableError, CompiledModelError
+from planforge.runtime.backend import positions_from_mask
 from planforge.runtime.manifest import Manifest
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -114,6 +115,6 @@ class Session:
         """Logits for a batch of (already padded) token ids, with no past: a convenience for evaluation."""
         if attention_mask is None:
             attention_mask = np.ones_like(input_ids)
-        positions = np.maximum(np.cumsum(attention_mask, axis=-1) - 1, 0)
-        logits, _ = self.forward(input_ids, attention_mask, positions, self.empty_cache(input_ids.shape[0]))
+        logits, _ = self.forward(input_ids, attention_mask, positions_from_mask(attention_mask),
+                                 self.empty_cache(input_ids.shape[0]))
         return logits

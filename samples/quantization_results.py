@@ -20,6 +20,7 @@ from planforge.evaluation.api import evaluate
 from planforge.exporter.api import ExportOptions, export
 from planforge.graph_passes.api import OptimizeOptions, optimize
 from planforge.graph_passes.schemes import QuantOptions
+from planforge.runtime.manifest import model_file_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,10 +39,6 @@ ROWS = [
     ("W4A4 3% outliers, 4-bit down_proj, GPTQ", QuantOptions("w4a4", outliers="0.03", int8_layers=(),
                                                              weight_method="gptq")),
 ]
-
-
-def model_bytes(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.iterdir() if f.name.startswith("model.onnx"))
 
 
 def linear_bytes(directory: Path) -> int:
@@ -86,7 +83,7 @@ def main() -> None:
         for label, directory in models:
             result = evaluate(directory, text_path, accuracy, max_tokens=args.max_tokens)
             fp16 = result["ppl"] if label == "FP16" else fp16
-            rows.append((label, result, model_bytes(directory), linear_bytes(directory)))
+            rows.append((label, result, model_file_bytes(directory), linear_bytes(directory)))
             print(json.dumps({**result, "label": label}), flush=True)
     base, base_linears = rows[1][2], rows[1][3]
     print(f"\n| model | perplexity ({rows[0][1]['tokens']} tokens) | vs FP16 | accuracy ({rows[0][1]['accuracy_items']}) "
