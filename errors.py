@@ -55,3 +55,31 @@ class InvalidPromptError(PlanforgeError):
 
 class InvalidGenerationConfigError(PlanforgeError):
     """A sampling or generation setting is out of range."""
+
+
+class SparsityError(PlanforgeError):
+    """Base class for contextual-sparsity problems (importance, predictor training, the graph pass)."""
+
+
+class InvalidSparsityError(SparsityError):
+    """A sparsity fraction is outside [0, 1), or a sparsity option is otherwise unusable."""
+
+
+class PredictorError(SparsityError):
+    """A sparsity predictor file is corrupt, truncated, or not a planforge predictor."""
+
+
+class PredictorNotFoundError(PredictorError):
+    """The sparsity predictor file does not exist."""
+
+
+class PredictorMismatchError(PredictorError):
+    """The predictor was trained for a model with other dimensions than the one given."""
+
+
+class CalibrationDataError(SparsityError):
+    """Calibration text for importance scoring is missing, empty, or too short."""
+
+
+class ImportanceFileError(SparsityError):
+    """An importance file is missing, corrupt, or not written by `planforge sparsity importance`."""

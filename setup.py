@@ -17,7 +17,7 @@ class BuildPyWithoutSetupScript(build_py):
         return [m for m in modules if not (package == "planforge" and m[1] == "setup")]
 
 
-SUBPACKAGE_ROOTS = ["exporter", "graph_passes", "plugins", "runtime", "compare", "evaluation", "cli"]
+SUBPACKAGE_ROOTS = ["exporter", "graph_passes", "plugins", "runtime", "compare", "evaluation", "cli", "sparsity"]
 
 subpackages = find_packages(
     where=".", include=[f"{root}*" for root in SUBPACKAGE_ROOTS] + SUBPACKAGE_ROOTS

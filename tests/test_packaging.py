@@ -33,7 +33,8 @@ def test_every_subpackage_is_under_planforge():
     import planforge.exporter.architectures
     import planforge.graph_passes
     import planforge.plugins
-    import planforge.runtime  # noqa: F401
+    import planforge.runtime
+    import planforge.sparsity  # noqa: F401
 
 
 def test_no_generic_top_level_modules_are_installed():
