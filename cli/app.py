@@ -7,7 +7,7 @@ import sys
 import typer
 
 from planforge import __version__
-from planforge.cli import compare, demo, evaluate, export, optimize, run
+from planforge.cli import compare, demo, evaluate, export, optimize, run, sparsity
 from planforge.errors import PlanforgeError
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 for module in (demo, export, optimize, run, compare, evaluate):
     app.command(name=module.NAME, help=module.command.__doc__)(module.command)
+app.add_typer(sparsity.app, name=sparsity.NAME)
 
 
 def _version(value: bool):
