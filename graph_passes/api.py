@@ -18,9 +18,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from planforge import constants
 from planforge.atomic import atomic_output_dir
 from planforge.graph_passes.calibration import calibrate, calibration_samples
+from planforge.graph_passes.contextual_sparsity import ContextualSparsityPass, SparsityOptions
 from planforge.graph_passes.pipeline import PassReport, Pipeline
 from planforge.graph_passes.quantize_linears import QuantizeLinearsPass
 from planforge.graph_passes.schemes import CalibrationError, QuantizationError, QuantOptions, format_for
+from planforge.graph_passes.streaming_attention import StreamingAttentionPass, StreamingConfigError, StreamingOptions
 from planforge.runtime.manifest import Manifest
 
 QUANT_PASSES = (QuantizeLinearsPass.name,)
@@ -33,6 +35,8 @@ class OptimizeOptions:
     calib: Optional[Path] = None
     calib_samples: int = 32
     calib_seq_len: Optional[int] = None  # default: min(256, max_seq_len)
+    streaming: Optional[StreamingOptions] = None  # None: the full KV cache
+    sparsity: Optional[SparsityOptions] = None  # None: dense (no contextual sparsity)
     force: bool = False
     show_progress: bool = False
 
@@ -42,6 +46,10 @@ def _check_source(model_dir: Path, manifest: Manifest, model: ir.Model) -> None:
     if any(p.get("name") in QUANT_PASSES for p in manifest.passes):
         raise QuantizationError(f"{model_dir} is already quantized ({manifest.passes[-1]['name']}); "
                                 "optimize the unquantized export instead.")
+    if any(p.get("name") == ContextualSparsityPass.name for p in manifest.passes):
+        raise QuantizationError(f"{model_dir} already has contextual sparsity; quantize and sparsify in one call on "
+                                "the float export: `planforge optimize EXPORT --quant ... --sparsity-heads ... "
+                                "--predictor ...` (sparsity runs first, its gathered decode slices stay float).")
     initializers = model.graph.initializers
     for lin in manifest.linears:
         value = initializers.get(lin["weight"])
@@ -74,18 +82,47 @@ def _calibration_stats(model_dir: Path, manifest: Manifest, options: OptimizeOpt
     return stats, {"text": str(options.calib), "samples": len(samples), "seq_len": seq_len}
 
 
+def _streaming_pass(model_dir: Path, manifest: Manifest, options: StreamingOptions) -> StreamingAttentionPass:
+    if manifest.streaming:
+        raise StreamingConfigError(f"{model_dir} already streams ({manifest.streaming}); optimize the export "
+                                   "without --streaming instead.")
+    options.validate(manifest.dims.max_seq_len)
+    d = manifest.dims
+    return StreamingAttentionPass(options, d.num_heads, d.num_kv_heads, d.head_dim, manifest.sliding_windows)
+
+
+def _sparsity_pass(model_dir: Path, manifest: Manifest, options: OptimizeOptions) -> ContextualSparsityPass:
+    """Runs first: its decode branch gathers float weight slices; a quantization pass after it rewrites the rest."""
+    from planforge.errors import InvalidSparsityError
+    from planforge.sparsity.predictor import Predictor
+
+    options.sparsity.validate()
+    done = [p.get("name") for p in manifest.passes]
+    if done:
+        raise InvalidSparsityError(f"{model_dir} was already optimized ({', '.join(done)}); contextual sparsity needs "
+                                   "the float export: run `planforge optimize` on the directory written by "
+                                   "`planforge export`, with --quant and --sparsity-* in the same call.")
+    if options.streaming is not None:
+        raise InvalidSparsityError("--streaming and --sparsity-* cannot be combined yet (the sparse decode branch "
+                                   "attends over the full cache); use one of them.")
+    predictor = Predictor.load(options.sparsity.predictor)
+    return ContextualSparsityPass(options.sparsity, predictor, manifest.linears, manifest.dims)
+
+
 def _passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress) -> list:
+    sparse = [] if options.sparsity is None else [_sparsity_pass(model_dir, manifest, options)]
+    streaming = [] if options.streaming is None else [_streaming_pass(model_dir, manifest, options.streaming)]
     quant = options.quant
     if quant is None:
-        return []
+        return sparse + streaming
     quant.validate()
     for lin in manifest.linears:  # outlier counts against every layer's width, before any work
         format_for(quant, lin["role"], lin["in_features"])
     stats, calibration = (_calibration_stats(model_dir, manifest, options, progress) if quant.needs_calibration
                           else ({}, None))
     task = progress.add_task(f"quantize {quant.scheme} ({quant.weight_method})", total=len(manifest.linears))
-    return [QuantizeLinearsPass(quant, manifest.linears, stats, on_linear=lambda m: progress.advance(task),
-                                calibration=calibration)]
+    return sparse + [QuantizeLinearsPass(quant, manifest.linears, stats, on_linear=lambda m: progress.advance(task),
+                                calibration=calibration)] + streaming
 
 
 def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOptions()
@@ -99,6 +136,8 @@ def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOpti
                         TimeElapsedColumn(), disable=not options.show_progress)
     with progress:
         reports = Pipeline(_passes(model_dir, manifest, options, progress))(model)
+    if options.sparsity is not None:  # float weights a later pass replaced inside the If branches
+        ir.passes.common.RemoveUnusedNodesPass()(model)
     with atomic_output_dir(out, options.force) as tmp:
         external = manifest.external_data
         ir.save(model, str(tmp / constants.MODEL_FILE),
@@ -108,5 +147,7 @@ def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOpti
                                                     constants.MANIFEST_FILE):
                 shutil.copy2(item, tmp / item.name)
         manifest.passes.extend(report.manifest_entry() for report in reports)
+        if options.streaming is not None:
+            manifest.set_streaming(options.streaming.manifest_entry())
         manifest.save(tmp)
     return manifest, reports

@@ -30,11 +30,11 @@ from typing import Callable, Optional
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
-from onnx_ir import tape
 
 from planforge.graph_passes import gptq as gptq_lib
 from planforge.graph_passes import quantizer
 from planforge.graph_passes.calibration import LinearStats
+from planforge.graph_passes.node_builder import NodeBuilder
 from planforge.graph_passes.pipeline import GraphPass
 from planforge.graph_passes.schemes import LinearFormat, QuantizationError, QuantOptions, format_for
 
@@ -82,25 +82,7 @@ def quantize_linear(w: np.ndarray, fmt: LinearFormat, stats: Optional[LinearStat
     return QuantizedLinear(fmt, keep, outliers, q, scale, w_out)
 
 
-class _Builder:
-    """Creates the nodes and initializers of one rewritten linear, named under ``prefix``."""
-
-    def __init__(self, graph: ir.Graph, prefix: str):
-        self.graph, self.prefix, self.tape = graph, prefix, tape.Tape()
-
-    def const(self, name: str, array: np.ndarray) -> ir.Value:
-        tensor = ir.tensor(array, name=f"{self.prefix}.{name}")
-        value = ir.Value(name=tensor.name, const_value=tensor, type=ir.TensorType(tensor.dtype), shape=tensor.shape)
-        self.graph.register_initializer(value)
-        return value
-
-    def op(self, op_type: str, inputs: list, name: str, **attributes) -> ir.Value:
-        out = self.tape.op(op_type, inputs, attributes or None, name=f"{self.prefix}/{name}")
-        out.name = f"{self.prefix}/{name}_output"
-        return out
-
-
-def _activation_qdq(b: _Builder, x: ir.Value, bits: int) -> ir.Value:
+def _activation_qdq(b: NodeBuilder, x: ir.Value, bits: int) -> ir.Value:
     """x (..., Kq) float32 -> its per-token asymmetric ``bits`` fake-quantized value (see the diagram)."""
     levels, mid = float((1 << bits) - 1), float(1 << (bits - 1))
     f32 = lambda v: np.array(v, dtype=np.float32)  # noqa: E731
@@ -119,7 +101,7 @@ def _activation_qdq(b: _Builder, x: ir.Value, bits: int) -> ir.Value:
     return b.op("Add", [b.op("Mul", [q_signed, scale], "act/dq_scale"), zero], "act/dq")
 
 
-def _weight_dq(b: _Builder, ql: QuantizedLinear) -> ir.Value:
+def _weight_dq(b: NodeBuilder, ql: QuantizedLinear) -> ir.Value:
     """W_q stored [N, Kq] (packed along K, the GEMM plugin's layout) -> DequantizeLinear -> Transpose -> [Kq, N].
 
     Per-channel scales are the blocked form with one block of Kq, so every format is one node shape.
@@ -131,7 +113,7 @@ def _weight_dq(b: _Builder, ql: QuantizedLinear) -> ir.Value:
     return b.op("Transpose", [dq], "weight/Transpose", perm=[1, 0])
 
 
-def build_quantized_linear(b: _Builder, x: ir.Value, ql: QuantizedLinear, dtype: ir.DataType) -> ir.Value:
+def build_quantized_linear(b: NodeBuilder, x: ir.Value, ql: QuantizedLinear, dtype: ir.DataType) -> ir.Value:
     """The subgraph of the docstring; returns y in ``dtype``."""
     xk = x if len(ql.outliers) == 0 else b.op("Gather", [x, b.const("keep", ql.keep)], "keep/Gather", axis=-1)
     if dtype != ir.DataType.FLOAT:
@@ -199,7 +181,7 @@ class QuantizeLinearsPass(GraphPass):
             raise QuantizationError(f"no calibration statistics for {record['module']}.")
         ql = quantize_linear(weight.const_value.numpy().astype(np.float32), fmt, stats,
                              self.options.weight_method, self.options.clip_search)
-        b = _Builder(graph, f"{record['module']}/quant")
+        b = NodeBuilder(graph, f"{record['module']}/quant")
         y = build_quantized_linear(b, x, ql, weight.const_value.dtype)
         ir.convenience.replace_nodes_and_values(graph, node, [node], b.tape.nodes, [node.outputs[0]], [y])
         if not weight.uses() and weight.name in graph.initializers:

@@ -1,4 +1,11 @@
-"""``Generator``: prefill, then a decode loop over the KV cache, for a left-padded batch."""
+"""``Generator``: prefill, then a decode loop over the KV cache, for a left-padded batch.
+
+A streaming model (``optimize --streaming``, ``manifest.streaming``) keeps at most
+S + W cache positions, so prompts and generations may be of any length. Its
+prompt fills the cache in one step, and every later token, prompt or generated,
+is one step, which is exactly StreamingLLM's sink + rolling-window attention.
+Its sinks are the first S cache slots of every row, so its batches are unpadded.
+"""
 
 from __future__ import annotations
 
@@ -62,25 +69,48 @@ class Generator:
     def __init__(self, backend: Backend):
         self.backend = backend
         self.manifest = backend.manifest
+        streaming = self.manifest.streaming
+        self.cache_slots: Optional[int] = streaming["cache_slots"] if streaming else None  # None: the cache grows
 
     def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> None:
         if not prompts:
             raise InvalidPromptError("no prompts were given.")
         vocab, limit = self.manifest.dims.vocab_size, self.manifest.dims.max_seq_len
+        if self.cache_slots is not None and len({len(p) for p in prompts}) > 1:
+            raise InvalidPromptError(
+                "this streaming model keeps the first tokens of every row as attention sinks, so its batches "
+                "cannot be left-padded: give prompts of equal token length, or run them one at a time.")
         for i, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise InvalidPromptError(f"prompt {i} is empty; give at least one token.")
-            if len(prompt) > limit:
+            if len(prompt) > limit and self.cache_slots is None:
                 raise PromptTooLongError(
                     f"prompt {i} has {len(prompt)} tokens but the model was exported with max_seq_len {limit}. "
-                    "Shorten the prompt, or re-export with a larger --max-seq-len.")
+                    "Shorten the prompt, re-export with a larger --max-seq-len, or stream it through a model optimized "
+                    "with --streaming.")
             if min(prompt) < 0 or max(prompt) >= vocab:
                 raise InvalidPromptError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab}).")
 
+    def next_mask(self, mask: np.ndarray) -> np.ndarray:
+        """The attention mask of the next one-token step, given the last step's: (B, P + S) -> (B, P' + 1)."""
+        if self.cache_slots is None:
+            return np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
+        return np.ones((mask.shape[0], min(mask.shape[1], self.cache_slots) + 1), dtype=np.int64)
+
     def prefill(self, ids: np.ndarray, mask: np.ndarray):
+        """-> (last logits (B, V), cache, last positions (B,), the last step's mask)."""
         positions = positions_from_mask(mask)  # (B, L)
-        logits, cache = self.backend.forward(ids, mask, positions, self.backend.empty_cache(ids.shape[0]))
-        return logits[:, -1], cache, positions[:, -1]
+        cache = self.backend.empty_cache(ids.shape[0])
+        if self.cache_slots is None:
+            logits, cache = self.backend.forward(ids, mask, positions, cache)
+            return logits[:, -1], cache, positions[:, -1], mask
+        first = min(ids.shape[1], self.cache_slots)  # fills the cache without evicting
+        step_mask = mask[:, :first]
+        logits, cache = self.backend.forward(ids[:, :first], step_mask, positions[:, :first], cache)
+        for t in range(first, ids.shape[1]):
+            step_mask = self.next_mask(step_mask)
+            logits, cache = self.backend.forward(ids[:, t:t + 1], step_mask, positions[:, t:t + 1], cache)
+        return logits[:, -1], cache, positions[:, -1], step_mask
 
     def decode_one_token(self, tokens: np.ndarray, mask: np.ndarray, last_positions: np.ndarray, cache):
         positions = (last_positions + 1)[:, None]  # (B, 1)
@@ -103,7 +133,7 @@ class Generator:
         reasons: list[Optional[str]] = [None] * batch
 
         start = time.perf_counter()
-        logits, cache, positions = self.prefill(ids, mask)
+        logits, cache, positions, mask = self.prefill(ids, mask)
         prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
         while True:
@@ -119,13 +149,13 @@ class Generator:
                     reasons[row] = "stop"
                 elif len(tokens[row]) >= config.max_new_tokens:
                     reasons[row] = "length"
-                elif mask.shape[1] + 1 > limit:
+                elif self.cache_slots is None and mask.shape[1] + 1 > limit:
                     reasons[row] = "max_seq_len"
             if all(r is not None for r in reasons):
                 break
             # Finished rows keep stepping (batch shapes stay fixed) on padding that no one reads.
             feed = np.where([r is None for r in reasons], next_tokens, pad_id).astype(np.int64)
-            mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+            mask = self.next_mask(mask)
             logits, cache, positions = self.decode_one_token(feed, mask, positions, cache)
         decode_seconds = time.perf_counter() - start
         return GenerationResult(tokens=tokens, finish_reasons=[str(r) for r in reasons],

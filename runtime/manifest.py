@@ -51,6 +51,8 @@ class Manifest:
     passes: list[dict] = field(default_factory=list)
     has_tokenizer: bool = False
     external_data: bool = False
+    # Set by `optimize --streaming`: {"sink_tokens": S, "window": W, "cache_slots": S + W}.
+    streaming: Optional[dict] = None
     format_version: int = constants.FORMAT_VERSION
 
     def save(self, directory: Path) -> None:
@@ -78,6 +80,17 @@ class Manifest:
             return cls(**data)
         except (json.JSONDecodeError, TypeError, KeyError) as exc:
             raise CompiledModelError(f"{path} is corrupt ({exc}). Re-export the model.") from None
+
+    def set_streaming(self, settings: dict) -> None:
+        """Records a sink + rolling-window cache: the KV tensors then hold at most S + W positions."""
+        self.streaming = dict(settings)
+        slots = settings["cache_slots"]
+        for entry in self.io["inputs"] + self.io["outputs"]:
+            if entry["name"].endswith((".key", ".value")):  # past_key_values.i.* and present.i.*
+                entry["shape"][2] = f"min({entry['shape'][2]}, {slots})"
+        self.io["streaming"] = (
+            f"present KV keeps the first {settings['sink_tokens']} tokens (sinks) and the last {settings['window']}; "
+            "keys are cached before RotaryEmbedding; position_ids stay absolute (used only for a model's own window)")
 
     @property
     def kv_numpy_dtype(self) -> str:

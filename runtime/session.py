@@ -109,7 +109,8 @@ class Session:
         self._session.run_with_iobinding(binding)
         outputs = binding.get_outputs()  # in bind order: logits, then the presents
         logits = outputs[0].numpy()  # (B, S, V)
-        return logits, KVCache(values=list(outputs[1:]), length=attention_mask.shape[1])
+        # P + S positions, or at most S + W for a streaming model (sinks + rolling window).
+        return logits, KVCache(values=list(outputs[1:]), length=outputs[1].shape()[2])
 
     def run_prefill(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None) -> np.ndarray:
         """Logits for a batch of (already padded) token ids, with no past: a convenience for evaluation."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from planforge.graph_passes.quantize_linears import _Builder, build_quantized_linear
+from planforge.graph_passes.node_builder import NodeBuilder
+from planforge.graph_passes.quantize_linears import build_quantized_linear
 
 
 def run_quantized_linear(x: np.ndarray, ql, extra_outputs=(), dtype=ir.DataType.FLOAT, session_config=None):
@@ -15,7 +16,7 @@ def run_quantized_linear(x: np.ndarray, ql, extra_outputs=(), dtype=ir.DataType.
     graph = ir.Graph([], [], nodes=[], opset_imports={"": 23}, name="linear")
     xv = ir.val("x", ir.DataType(dtype), ir.Shape(["m", x.shape[1]]))
     graph.inputs.append(xv)
-    b = _Builder(graph, "lin")
+    b = NodeBuilder(graph, "lin")
     y = build_quantized_linear(b, xv, ql, dtype)
     graph.extend(b.tape.nodes)
     outputs = [y] + [next(v for n in b.tape.nodes for v in n.outputs if v.name == f"lin/{s}_output")

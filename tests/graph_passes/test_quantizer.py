@@ -13,7 +13,8 @@ import torch
 
 from planforge.graph_passes import quantizer
 from planforge.graph_passes.gptq import gptq
-from planforge.graph_passes.quantize_linears import QuantizedLinear, _Builder, build_quantized_linear, quantize_linear
+from planforge.graph_passes.node_builder import NodeBuilder
+from planforge.graph_passes.quantize_linears import QuantizedLinear, build_quantized_linear, quantize_linear
 from planforge.graph_passes.schemes import LinearFormat
 from planforge.plugins.w4a4_gemm import reference as plugin
 
@@ -73,7 +74,7 @@ def test_int4_initializer_is_packed_low_nibble_first(tmp_path):
     w = _weights(64, 10)
     ql = quantize_linear(w, LinearFormat(4, 4), None, "rtn")
     graph = ir.Graph([ir.val("x", ir.DataType.FLOAT, ir.Shape(["m", 64]))], [], nodes=[], opset_imports={"": 23})
-    b = _Builder(graph, "lin")
+    b = NodeBuilder(graph, "lin")
     graph.outputs.append(build_quantized_linear(b, graph.inputs[0], ql, ir.DataType.FLOAT))
     graph.extend(b.tape.nodes)
     ir.save(ir.Model(graph, ir_version=10), str(tmp_path / "m.onnx"))
