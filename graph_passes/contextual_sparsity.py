@@ -71,6 +71,9 @@ class SparsityOptions:
             if not (0.0 <= value < 1.0):
                 raise InvalidSparsityError(f"{flag} {value}: a sparsity is the fraction of units skipped, "
                                            "in [0, 1) (e.g. 0.5).")
+        if self.heads == 0 and self.mlp == 0:
+            raise InvalidSparsityError("--predictor without a sparsity: give --sparsity-heads and/or --sparsity-mlp "
+                                       "(e.g. 0.5), or drop --predictor.")
         if self.predictor is None:
             raise InvalidSparsityError("--sparsity-heads/--sparsity-mlp need a predictor: --predictor FILE "
                                        "(train one with `planforge sparsity train-predictor`).")
