@@ -234,3 +234,24 @@ def test_cli_records_settings_and_reports_errors(llama, tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "[0, 1)" in proc.stderr
     proc = planforge("optimize", llama["exported"], "-o", tmp_path / "bad", "--quant", "none", "--sparsity-mlp", 0.5)
     assert proc.returncode == 2 and "--predictor" in proc.stderr
+
+
+@pytest.mark.parametrize("context", [1, 10])
+def test_decode_macs_match_a_hand_count(llama, context):
+    from planforge.graph_passes.flops import decode_macs
+
+    d, hidden = llama["dims"], 16
+    L, H, Hkv, hd, F, V, D = (d.num_layers, d.num_heads, d.num_kv_heads, d.head_dim, d.intermediate_size,
+                              d.vocab_size, d.hidden_size)
+    dense = decode_macs(llama["exported"], context)
+    assert dense.parts == {"linear": L * (D * (H + 2 * Hkv) * hd + H * hd * D + 3 * D * F),
+                           "attention": L * 2 * H * context * hd, "predictor": 0, "lm_head": D * V}
+    out = sparsify(llama["exported"], llama["root"] / "macs", llama["path"], 0.5, 0.75)
+    kh, kn = top_k(H, 0.5), top_k(F, 0.75)
+    sparse = decode_macs(out, context)  # the decode branch: layer 0 attention dense, K/V dense everywhere
+    assert sparse.parts == {
+        "linear": (D * (H + 2 * Hkv) * hd + H * hd * D) + (L - 1) * (2 * kh * hd * D + D * 2 * Hkv * hd)
+        + L * 3 * D * kn,
+        "attention": 2 * H * context * hd + (L - 1) * 2 * kh * context * hd,
+        "predictor": D * hidden + hidden * (L - 1) * H + D * hidden + hidden * L * F, "lm_head": D * V}
+    assert sparse.total == sum(sparse.parts.values()) and sparse.blocks == sparse.total - D * V
