@@ -74,8 +74,12 @@ def _reduce(criterion: str, a, g):
     return first_order.abs() if criterion == "plainact" else first_order.square()
 
 
-def window_importance(hf_model, input_ids, criterion: str) -> dict:
-    """input_ids (B, S) -> tensors for B*(S-1) tokens (see the module docstring), one forward+backward."""
+def window_importance(hf_model, input_ids, criterion: str, lengths=None, keep_last: bool = False) -> dict:
+    """input_ids (B, S) -> tensors for B*(S-1) tokens (see the module docstring), one forward+backward.
+
+    ``lengths`` (B,): rows are right-padded, and the loss ignores predictions past each row's end.
+    ``keep_last``: return all B*S tokens (the last one of each row scores 0 by the first-order criteria).
+    """
     import torch
 
     from planforge.sparsity.masking import activation_hooks
@@ -100,15 +104,19 @@ def window_importance(hf_model, input_ids, criterion: str) -> dict:
     try:
         with torch.enable_grad(), activation_hooks(hf_model, keep("heads"), keep("neurons")) as dims:
             logits = hf_model(input_ids=input_ids, use_cache=False).logits  # (B, S, V)
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                                     input_ids[:, 1:].flatten(), reduction="sum")
+            targets = input_ids[:, 1:].clone()  # (B, S-1)
+            if lengths is not None:
+                targets[torch.arange(targets.shape[1])[None] >= torch.as_tensor(lengths)[:, None] - 1] = -100
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                                     reduction="sum", ignore_index=-100)
             loss.backward()
     finally:
         for handle in handles:
             handle.remove()
     hf_model.zero_grad(set_to_none=True)
     B, S = input_ids.shape
-    flat = lambda t: t[:, :-1].reshape(B * (S - 1), *t.shape[2:])  # (B, S, ...) -> (B*(S-1), ...)  # noqa: E731
+    kept = S if keep_last else S - 1
+    flat = lambda t: t[:, :kept].reshape(B * kept, *t.shape[2:])  # (B, S, ...) -> (B*kept, ...)  # noqa: E731
     score = lambda kind: torch.stack([flat(_reduce(criterion, acts[(kind, l)].detach(), acts[(kind, l)].grad))
                                       for l in range(dims.num_layers)], dim=1)  # (N, L, n)
     return {"layer0_attention_output": flat(captured["x"]),

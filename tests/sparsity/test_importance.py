@@ -83,3 +83,15 @@ def test_bad_calibration_inputs(tmp_path):
         load_importance(tmp_path / "bad.safetensors")
     with pytest.raises(ImportanceFileError, match="does not exist"):
         load_importance(tmp_path / "none.safetensors")
+
+
+def test_padded_rows_score_like_unpadded_ones():
+    model = llama()
+    ids = torch.randint(1, V, (2, 9), generator=torch.Generator().manual_seed(4))
+    ids[1, 6:] = 0  # row 1 is 6 tokens long, right-padded
+    both = window_importance(model, ids, "plainact", lengths=[9, 6], keep_last=True)
+    alone = window_importance(model, ids[1:, :6], "plainact", keep_last=True)
+    assert both["heads"].shape == (18, L, H)
+    torch.testing.assert_close(both["heads"][9:15], alone["heads"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(both["neurons"][9:15], alone["neurons"], rtol=1e-4, atol=1e-6)
+    assert both["heads"][14].abs().max() == 0  # the last real token predicts nothing
