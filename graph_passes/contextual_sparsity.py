@@ -19,7 +19,7 @@ its output is the predictor's input)::
     │    q ─► RoPE(4-D, the selected heads)    K_sel|V_sel = GatherND(present, head_idx // group, batch_dims=1)
     │    p = Softmax(Where(mask, scale·K_sel q, lowest))    a = p V_sel
     │    o = a @ Gather(Wo, rows)  (+bo)       x_mid = x + o ;  h2 = Norm(x_mid)
-    │    g|u = Gather(Wg^T|Wu^T, neuron_idx) @ h2^T (+b)    y = act(g)·u    down = y^T @ Gather(Wd, neuron_idx)
+    │    [g u] = Gather([Wg^T Wu^T], neuron_idx) @ h2^T (+b)    y = act(g)·u    down = y^T @ Gather(Wd, neuron_idx)
     │    x' = x_mid + down (+bd)
     └─ else (prefill / teacher forcing: each token keeps its own selection, so it is computed densely
          and masked, exactly the masked-model semantics):
@@ -29,8 +29,9 @@ its output is the predictor's input)::
 The masks are ``ScatterElements`` of ones at the selected indices (k = max(1, int(n(1-F)+0.5)) per
 layer). A fraction of 0 leaves that part (attention or MLP) untouched. Nodes are found by
 structure (Attention nodes, the MatMul after them, the MLP MatMuls by role from the manifest's
-linears), never by name. The decode branch gathers rows of ``Wq^T``, ``Wg^T`` and ``Wu^T`` (new
-initializers, ``{weight}.sparse_rows``) and of the original ``Wo`` / ``Wd``; the dense branch keeps
+linears), never by name. The decode branch gathers rows of ``Wq^T`` and of ``[Wg^T Wu^T]`` (gate and up
+rows of a neuron side by side, one Gather + one GEMV for both) — new initializers named
+``{weight}.sparse_rows`` — and of the original ``Wo`` / ``Wd``; the dense branch keeps
 the original MatMuls, so a later quantization pass rewrites those and the gathered slices stay float.
 """
 
@@ -414,18 +415,22 @@ class ContextualSparsityPass(GraphPass):
         first = layer.mlp["up_proj"].matmul.inputs[0]
         h = vmap.get(first, first)
         h_col = b.op("Reshape", [h, b.const("mlp_col", np.array([0, -1, 1]))], "mlp/h_column")  # (B, d, 1)
-        for role in ("gate_proj", "up_proj"):
-            lin = layer.mlp.get(role)
-            if lin is None:
-                continue
-            w = b.const(f"{lin.weight.name}.sparse_rows", np.ascontiguousarray(lin.weight.const_value.numpy().T),
-                        raw_name=True)
-            y = b.op("MatMul", [b.op("Gather", [w, idx], f"{role}/Gather", axis=0), h_col], f"{role}/MatMul")
+        # gate and up rows of one neuron side by side ([F, n_in * d]): one Gather and one GEMV for both.
+        lins = [layer.mlp[role] for role in ("gate_proj", "up_proj") if role in layer.mlp]
+        rows = np.stack([lin.weight.const_value.numpy().T for lin in lins], axis=1)  # (F, n_in, d)
+        w = b.const(f"{lins[0].weight.name}.sparse_rows", rows.reshape(rows.shape[0], -1), raw_name=True)
+        gathered = b.op("Reshape", [b.op("Gather", [w, idx], "gate_up/Gather", axis=0),
+                                    b.const("per_row", np.array([0, -1, rows.shape[2]]))], "gate_up/rows")
+        y = b.op("MatMul", [gathered, h_col], "gate_up/MatMul")  # (B, kn * n_in, 1)
+        y = b.op("Reshape", [y, b.const("split_shape", np.array([0, -1, len(lins)]))], "gate_up/pairs")
+        parts = [y] if len(lins) == 1 else b.op("Split", [y, b.const("split", np.ones(len(lins), np.int64))],
+                                                 "gate_up/Split", num_outputs=len(lins), axis=2)
+        for lin, part in zip(lins, parts):  # (B, kn, 1) each
             if lin.bias is not None:
-                bias = b.op("Unsqueeze", [b.op("Gather", [lin.bias, idx], f"{role}/bias_Gather", axis=0),
-                                          b.const("last_n", np.array([-1]))], f"{role}/bias")
-                y = b.op("Add", [y, bias], f"{role}/BiasAdd")
-            vmap[lin.out] = y  # (B, kn, 1)
+                bias = b.op("Unsqueeze", [b.op("Gather", [lin.bias, idx], f"{lin.weight.name}/bias_Gather", axis=0),
+                                          b.const("last_n", np.array([-1]))], f"{lin.weight.name}/bias")
+                part = b.op("Add", [part, bias], f"{lin.weight.name}/BiasAdd")
+            vmap[lin.out] = part
         for node in layer.middle:
             b.clone(node, vmap)
         down = layer.mlp["down_proj"]

@@ -7,8 +7,8 @@ taken shows up) is looked up in the model, and its MACs are counted from the sha
 - ``MatMul`` [..., M, K] x [..., K, N]: batch x M x K x N; ``Gemm``: M x K x N;
 - ``Attention`` (opset 23): scores Q·K^T and probabilities·V, 2 x B x q_heads x S x T x head_dim.
 
-Each MAC is filed under one part: ``linear`` (a MatMul with a weight: an initializer, or a Gather of one
-as in the sparse decode branch), ``attention`` (the Attention op, or an activation x activation MatMul),
+Each MAC is filed under one part: ``linear`` (a MatMul with a weight: an initializer, reached directly or through Gather (the sparse
+decode branch's rows), Reshape, Transpose or DequantizeLinear (a quantized weight)), ``attention`` (the Attention op, or an activation x activation MatMul),
 ``predictor`` (nodes of the contextual-sparsity predictor) and ``lm_head`` (the MatMul that produces the
 logits). Elementwise ops, norms, softmax and gathers are not MACs and are not counted.
 """
@@ -104,22 +104,26 @@ def _macs(node, shapes: list) -> int:
     return 0
 
 
+WEIGHT_PATH_OPS = ("Gather", "Reshape", "Transpose", "DequantizeLinear", "Cast", "Identity", "Unsqueeze")
+
+
+def _is_weight(value: str, visible: dict, producers: dict, depth: int = 0) -> bool:
+    """An initializer, or one reached through data-movement/dequantization ops (Gather of its rows, Transpose ...)."""
+    if value in visible:
+        return True
+    producer = producers.get(value)
+    if producer is None or depth > 6 or producer.op_type not in WEIGHT_PATH_OPS:
+        return False
+    return _is_weight(producer.input[0], visible, producers, depth + 1)
+
+
 def _part(node, name: str, visible: dict, lm_head, producers: dict) -> str:
     if name.startswith(PREDICTOR_SCOPE):
         return "predictor"
     if name == lm_head:
         return "lm_head"
-    if node.op_type in ("Gemm",):
+    if node.op_type == "Gemm" or any(_is_weight(v, visible, producers) for v in node.input[:2]):
         return "linear"
-    if node.op_type == "MatMul":
-        for value in node.input:
-            if value in visible:
-                return "linear"
-            producer = producers.get(value)
-            if producer is not None and producer.op_type == "Gather" and producer.input[0] in visible:
-                return "linear"
-            if producer is not None and producer.op_type == "Transpose" and producer.input[0] in visible:
-                return "linear"  # a tied LM head's Transpose(embedding)
     return "attention"
 
 

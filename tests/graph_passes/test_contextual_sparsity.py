@@ -179,6 +179,9 @@ def test_w4a4_in_the_same_call_sparsity_first(llama, tmp_path):
     mask, pos = np.ones((2, 6), np.int64), np.tile(np.arange(6), (2, 1))
     np.testing.assert_allclose(b.forward(ids, mask, pos, b.empty_cache(2))[0],
                                a.forward(ids, mask, pos, a.empty_cache(2))[0], atol=ATOL_DENSE, rtol=0)
+    from planforge.graph_passes.flops import decode_macs
+
+    assert decode_macs(only, 8).parts == decode_macs(llama["exported"], 8).parts  # quantized weights still count
     decode = run_steps(b, ids, 4)  # the decode branch: quantized K/V, float gathered slices
     assert np.isfinite(decode).all()
     model = onnx.load(str(both / "model.onnx"))
