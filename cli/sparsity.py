@@ -43,7 +43,7 @@ def train_predictor(
     kind: Annotated[str, typer.Option(help="single: one ShadowLLM predictor from the layer-0 attention output; per_layer: one DejaVu predictor per layer from its input.")] = "single",
     head_hidden: Annotated[int, typer.Option(help="Hidden width of the head scorer (ShadowLLM uses 2048 on 7B+ models).")] = 128,
     neuron_hidden: Annotated[int, typer.Option(help="Hidden width of the neuron scorer (ShadowLLM uses 1024 on 7B+ models).")] = 128,
-    epochs: Annotated[int, typer.Option(help="Passes over the training tokens.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Passes over the training tokens.")] = 10,
     lr: Annotated[float, typer.Option(help="Adam learning rate (cosine-decayed to 0).")] = 2e-3,
     holdout: Annotated[float, typer.Option(help="Fraction of calibration windows held out for the Spearman report.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Random seed for initialization and batch order.")] = 0,

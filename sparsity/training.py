@@ -31,7 +31,7 @@ class TrainOptions:
     kind: str = "single"
     head_hidden: int = 128
     neuron_hidden: int = 128
-    epochs: int = 30
+    epochs: int = 10
     batch_size: int = 256
     lr: float = 2e-3
     seed: int = 0
@@ -155,7 +155,7 @@ def heldout_spearman(predictor: Predictor, importance: Importance, test: np.ndar
 
 
 def run_training(importance_file, output, kind: str = "single", head_hidden: int = 128, neuron_hidden: int = 128,
-                 epochs: int = 30, lr: float = 2e-3, holdout: float = 0.1, seed: int = 0, fp16: bool = False,
+                 epochs: int = 10, lr: float = 2e-3, holdout: float = 0.1, seed: int = 0, fp16: bool = False,
                  force: bool = False, show_progress: bool = False) -> TrainResult:
     """The `planforge sparsity train-predictor` command: validates, trains, prints Spearman, writes atomically."""
     from rich.console import Console

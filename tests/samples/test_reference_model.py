@@ -16,6 +16,7 @@ CHECKSUMS = {
     "heldout.txt": "1a399c8411cfb66b25f325ee449b36c4e0fe43928127f475d0de8b7da64e7343",
     "accuracy.jsonl": "bfd1630d4c0026c4dbfb97f5abb98fe18813f7238c5a05a2782a3c47cb8212c9",
     "config.json": "4a8f67c84e4d827eff1970931de54817637cd723439b333d200b976eceb70c38",
+    "sparsity_predictor.safetensors": "0f37225a072bf4f3ee304662ea3bebdef286c856d3b3711cad9ec6e077b902d9",
 }
 # Perplexity on the first 4096 held-out tokens, window 256, stride 128, measured with
 # `planforge eval samples/reference_model --ppl samples/reference_model/heldout.txt --max-tokens 4096 --stride 128`.
