@@ -112,3 +112,20 @@ def test_non_llama_model_is_refused():
     model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=20)).eval()
     with pytest.raises(UnsupportedArchitectureError, match="Llama-style"):
         masked_logits(model, torch.zeros(1, 3, dtype=torch.long), None, None)
+
+
+def test_per_layer_with_constant_scores_equals_zeroed_weights():
+    # fc2 weights 0: every token gets the bias ranking, so the masks are fixed per layer.
+    from tests.sparsity.test_predictor import random_predictor
+
+    model, ids = llama(), torch.randint(0, V, (2, 6))
+    pred = random_predictor("per_layer", L=L, H=H, d=H * Dh, F=F, seed=5)
+    for layer in range(L):
+        for part in ("heads", "neurons"):
+            pred.tensors[f"layers.{layer}.{part}.fc2.weight"][:] = 0
+    head_keep = torch.stack([top_k_mask(torch.from_numpy(pred.tensors[f"layers.{l}.heads.fc2.bias"]), 0.5) for l in range(L)])
+    head_keep[0] = True  # layer 0 heads stay dense
+    neuron_keep = torch.stack([top_k_mask(torch.from_numpy(pred.tensors[f"layers.{l}.neurons.fc2.bias"]), 0.7)
+                               for l in range(L)])
+    got = per_layer_predicted_logits(model, pred, ids, 0.5, 0.7)
+    torch.testing.assert_close(got, plain(edited(model, head_keep, neuron_keep), ids), rtol=1e-5, atol=1e-5)
