@@ -18,6 +18,7 @@ def command(
     context: Annotated[Optional[int], typer.Option(help="Window length in tokens. Default: the model's max sequence length.")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Tokens between window starts. Default: the window length (disjoint windows, the GPTQ/QUIK WikiText2 protocol).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Score only the first N tokens of the text.")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Perplexity of one continuous stream (the first --max-tokens tokens), token by token through the compiled model's KV cache, as in StreamingLLM; also reports it per --context block. A model optimized with --streaming takes any length; a full-cache model at most its max_seq_len.")] = False,
     provider: Annotated[str, typer.Option(help="ONNX Runtime provider for compiled models: cpu or cuda.")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
@@ -28,5 +29,5 @@ def command(
     if ppl is None and accuracy is None:
         raise InvalidPromptError("nothing to evaluate: give --ppl TEXT, --accuracy SET, or both.")
     result = evaluate(model, ppl, accuracy, context=context, stride=stride, max_tokens=max_tokens,
-                      provider=provider, show_progress=not quiet)
+                      provider=provider, show_progress=not quiet, stream=stream)
     typer.echo("RESULT " + json.dumps(result, sort_keys=True))

@@ -26,7 +26,7 @@ class WeightMethod(str, Enum):
 def command(
     model: Annotated[Path, typer.Argument(help="Compiled model directory (the output of `planforge export`, fp32 or fp16).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to create with the optimized model.onnx, planforge.json and the tokenizer.")],
-    quant: Annotated[Quant, typer.Option(help="w4a4: QUIK 4-bit weights and activations with float outlier columns; w8a8: INT8 per-channel weights, per-token activations; w4a16: INT4 weights in blocks of 128; none: no quantization.")] = Quant.w4a4,
+    quant: Annotated[Optional[Quant], typer.Option(help="w4a4: QUIK 4-bit weights and activations with float outlier columns; w8a8: INT8 per-channel weights, per-token activations; w4a16: INT4 weights in blocks of 128; none: no quantization. Default: w4a4, or none when --streaming or --sparsity-* is given.")] = None,
     outliers: Annotated[Optional[str], typer.Option(help="Input columns per linear kept in float, by calibration max|x|: a count (16) or a fraction of the layer width (0.03). Default: 0.03 for w4a4, 0 otherwise.")] = None,
     int8_layers: Annotated[str, typer.Option(help="w4a4 only: comma-separated roles kept at W8A8 (q_proj ... down_proj), or none.")] = "down_proj",
     int8_outliers: Annotated[str, typer.Option(help="Outlier columns of the INT8 layers: a count or a fraction of their width.")] = "0",
@@ -35,20 +35,41 @@ def command(
     calib: Annotated[Optional[Path], typer.Option(help="Calibration text file (needed for outliers and GPTQ).")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration windows to run, each --calib-seq-len tokens.")] = 32,
     calib_seq_len: Annotated[Optional[int], typer.Option(help="Tokens per calibration window. Default: min(256, max_seq_len).")] = None,
+    sparsity_heads: Annotated[float, typer.Option(help="Contextual sparsity: fraction of attention heads skipped per token in layers >= 1, in [0, 1) (needs --predictor).")] = 0.0,
+    sparsity_mlp: Annotated[float, typer.Option(help="Contextual sparsity: fraction of MLP neurons skipped per token in every layer, in [0, 1) (needs --predictor).")] = 0.0,
+    predictor: Annotated[Optional[Path], typer.Option(help="Sparsity predictor file (`planforge sparsity train-predictor`, single kind) that picks the heads and neurons per token.")] = None,
+    streaming: Annotated[bool, typer.Option("--streaming", help="StreamingLLM: a fixed KV cache of --sink-tokens + --window positions per layer (the first tokens plus a rolling window), positions re-indexed inside the cache, so text of any length runs in constant memory. Rotary families only.")] = False,
+    sink_tokens: Annotated[int, typer.Option(help="With --streaming: initial tokens always kept in the cache (attention sinks); fewer than --window.")] = 4,
+    window: Annotated[Optional[int], typer.Option(help="With --streaming: most recent tokens kept in the cache (>= 1). Default: max_seq_len - --sink-tokens, the largest the trained positions allow.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (only when the run succeeds).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
-    """Apply graph passes to a compiled model: W4A4 (QUIK, with float outliers), W8A8 or W4A16 quantization."""
+    """Apply graph passes to a compiled model: W4A4 (QUIK, with float outliers), W8A8 or W4A16 quantization; contextual sparsity (--sparsity-heads/--sparsity-mlp with --predictor)."""
     from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.graph_passes.contextual_sparsity import SparsityOptions
     from planforge.graph_passes.schemes import QuantOptions
+    from planforge.graph_passes.streaming_attention import StreamingConfigError, StreamingOptions
     from planforge.runtime.manifest import model_file_bytes
 
+    if window is not None and not streaming:
+        raise StreamingConfigError("--window (and --sink-tokens) configure --streaming; add --streaming.")
+    if quant is None:
+        quant = Quant.none if streaming or predictor is not None or sparsity_heads or sparsity_mlp else Quant.w4a4
     roles = tuple(r.strip() for r in int8_layers.split(",") if r.strip() and r.strip() != "none")
     quant_options = None if quant is Quant.none else QuantOptions(
         scheme=quant.value, outliers=outliers, int8_layers=roles, int8_outliers=int8_outliers,
         weight_method=weight_method.value, clip_search=clip_search)
+    streaming_options = None
+    if streaming:
+        from planforge.runtime.manifest import Manifest
+
+        default_window = Manifest.load(model).dims.max_seq_len - sink_tokens
+        streaming_options = StreamingOptions(sink_tokens, default_window if window is None else window)
+    sparsity = (SparsityOptions(heads=sparsity_heads, mlp=sparsity_mlp, predictor=predictor)
+                if predictor is not None or sparsity_heads or sparsity_mlp else None)
     _, reports = optimize(model, output, OptimizeOptions(quant=quant_options, calib=calib, calib_samples=calib_samples,
-                                                         calib_seq_len=calib_seq_len, force=force,
+                                                         calib_seq_len=calib_seq_len, force=force, sparsity=sparsity,
+                                                         streaming=streaming_options,
                                                          show_progress=not quiet))
     for report in reports:
         typer.echo(f"{report.name}: {report.matches} rewritten")

@@ -1,8 +1,9 @@
-"""planforge run OUT --prompt TEXT"""
+"""planforge run OUT --prompt TEXT  |  planforge run OUT --stream --input LONG.txt"""
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,7 +20,9 @@ class Provider(str, Enum):
 
 def command(
     model: Annotated[Path, typer.Argument(help="Compiled model directory (the output of `planforge export`).")],
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt text; repeat for a batch (left-padded).")],
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt text; repeat for a batch (left-padded).")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="Read the prompt from this text file ('-' for stdin) instead of --prompt.")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Run a model optimized with --streaming over an input of any length (e.g. a long --input) and keep generating, with a KV cache of constant size; shows the input's progress and the cache size.")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate per prompt.")] = 64,
     sample: Annotated[bool, typer.Option("--sample/--greedy", help="Sample from the distribution instead of taking the most likely token.")] = False,
     temperature: Annotated[float, typer.Option(help="Softmax temperature when sampling (> 0).")] = 1.0,
@@ -29,24 +32,35 @@ def command(
     stop_token_id: Annotated[Optional[list[int]], typer.Option(help="Extra token id that ends generation; repeatable. The model's EOS ids always stop it.")] = None,
     provider: Annotated[Provider, typer.Option(help="ONNX Runtime execution provider; cuda needs onnxruntime-gpu.")] = Provider.cpu,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: all cores).")] = None,
-    stream: Annotated[bool, typer.Option("--stream-text/--no-stream-text", help="Print text as it is generated (single prompt only).")] = True,
+    stream_text: Annotated[bool, typer.Option("--stream-text/--no-stream-text", help="Print text as it is generated (single prompt only).")] = True,
 ):
     """Generate text from a compiled model on ONNX Runtime and report tokens/s."""
+    from planforge.errors import CompiledModelError
     from planforge.runtime import GenerationConfig, Generator, SamplingConfig, Session, Tokenizer
     from planforge.runtime.tokenizer import TextStreamer
 
+    prompt = _prompts(prompt, input_file)
     session = Session(model, provider=provider.value, threads=threads)
+    if stream and session.manifest.streaming is None:
+        raise CompiledModelError(
+            f"{model} has a full KV cache, so --stream cannot run past its max_seq_len "
+            f"({session.manifest.dims.max_seq_len}). Create a streaming model first: "
+            f"`planforge optimize {model} -o {model}-streaming --streaming`.")
     tokenizer = Tokenizer(model)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         stop_token_ids=tuple(stop_token_id or ()),
         sampling=SamplingConfig(do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
     )
-    streaming = stream and len(prompt) == 1
+    streaming = stream_text and len(prompt) == 1
     on_token = None
     if streaming:
-        on_token = TextStreamer(tokenizer, lambda text: (sys.stdout.write(text), sys.stdout.flush()), prefix=prompt[0])
-    result = Generator(session).generate([tokenizer.encode(p) for p in prompt], config, on_token=on_token)
+        prefix = prompt[0] if not stream else ""  # a long input is not echoed
+        on_token = TextStreamer(tokenizer, lambda text: (sys.stdout.write(text), sys.stdout.flush()), prefix=prefix)
+    generator = Generator(session)
+    prompt_ids = [tokenizer.encode(p) for p in prompt]
+    with _input_progress(stream, len(prompt_ids[0])) as on_step:
+        result = generator.generate(prompt_ids, config, on_token=on_token, on_prefill_step=on_step)
     if streaming:
         sys.stdout.write("\n")
     else:
@@ -57,3 +71,35 @@ def command(
         f"[{result.new_token_count} new tokens | prefill {1000 * result.prefill_seconds:.1f} ms for "
         f"{sum(result.prompt_lengths)} prompt tokens | decode {result.decode_tokens_per_second:.1f} tokens/s | "
         f"finish: {', '.join(result.finish_reasons)}]", err=True)
+    if session.manifest.streaming:
+        slots = session.manifest.streaming["cache_slots"]
+        typer.echo(f"[streaming KV cache: {slots} positions per layer "
+                   f"({session.manifest.streaming['sink_tokens']} sinks + {session.manifest.streaming['window']} "
+                   f"window), constant for any length]", err=True)
+
+
+def _prompts(prompt: Optional[list[str]], input_file: Optional[Path]) -> list[str]:
+    from planforge.errors import InvalidPromptError
+
+    if (prompt is None) == (input_file is None):
+        raise InvalidPromptError("give the prompt with --prompt TEXT or --input FILE (one of them).")
+    if input_file is None:
+        return prompt
+    if str(input_file) == "-":
+        return [sys.stdin.read()]
+    if not input_file.is_file():
+        raise InvalidPromptError(f"--input {input_file}: no such file.")
+    return [input_file.read_text()]
+
+
+@contextmanager
+def _input_progress(show: bool, total: int):
+    """A progress bar (stderr) over the prompt tokens a streaming model takes one step at a time."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("[bold]input"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=True, disable=not show)
+    with progress:
+        task = progress.add_task("input", total=total)
+        yield lambda start, logits: progress.update(task, completed=start + logits.shape[1])

@@ -11,15 +11,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from planforge.errors import InvalidPromptError
 from planforge.evaluation.accuracy import accuracy as multiple_choice_accuracy
 from planforge.evaluation.accuracy import load_items
-from planforge.evaluation.perplexity import perplexity
+from planforge.evaluation.perplexity import perplexity, stream_perplexity
 from planforge.evaluation.scorers import scorer_for
 from planforge.runtime.tokenizer import Tokenizer
 
 
 def evaluate(model: Path, ppl_text: Optional[Path], accuracy_set: Optional[Path], context: Optional[int] = None,
              stride: Optional[int] = None, max_tokens: Optional[int] = None, provider: str = "cpu",
-             show_progress: bool = False) -> dict:
+             show_progress: bool = False, stream: bool = False) -> dict:
     scorer = scorer_for(Path(model), provider)
+    if stream and not hasattr(scorer, "stream_logprobs"):
+        raise InvalidPromptError("--stream scores a compiled model's KV cache token by token; give a directory "
+                                 "written by `planforge export` or `planforge optimize`.")
     tokenizer = Tokenizer(model)
     context = context or scorer.context_length
     result: dict = {"model": str(model), "scorer": scorer.name, "context": context}
@@ -34,10 +37,16 @@ def evaluate(model: Path, ppl_text: Optional[Path], accuracy_set: Optional[Path]
             if len(ids) < 2:
                 raise InvalidPromptError(f"--ppl {path} has fewer than 2 tokens.")
             task = progress.add_task("perplexity", total=None)
-            res = perplexity(ids, scorer.token_logprobs, context, stride,
-                             on_window=lambda i, n: progress.update(task, completed=i, total=n))
-            result.update(ppl=round(res.perplexity, 4), nll=round(res.nll, 6), tokens=res.tokens,
-                          windows=res.windows, stride=stride or context)
+            if stream:
+                logprobs = scorer.stream_logprobs(ids, on_step=lambda i, n: progress.update(task, completed=i, total=n))
+                res = stream_perplexity(logprobs, segment=context)
+                result.update(ppl=round(res.perplexity, 4), nll=round(res.nll, 6), tokens=res.tokens, mode="stream",
+                              segment_ppl=res.segment_perplexities, streaming=scorer.session.manifest.streaming)
+            else:
+                res = perplexity(ids, scorer.token_logprobs, context, stride,
+                                 on_window=lambda i, n: progress.update(task, completed=i, total=n))
+                result.update(ppl=round(res.perplexity, 4), nll=round(res.nll, 6), tokens=res.tokens,
+                              windows=res.windows, stride=stride or context)
         if accuracy_set is not None:
             items = load_items(accuracy_set)
             task = progress.add_task("accuracy", total=len(items))

@@ -56,3 +56,21 @@ def perplexity(ids: np.ndarray, token_logprobs: Callable[[np.ndarray], np.ndarra
         on_window(i + 1, len(spans))
     nll = total_nll / count
     return PerplexityResult(perplexity=math.exp(nll), nll=nll, tokens=count, windows=len(spans))
+
+
+@dataclass
+class StreamPerplexityResult:
+    perplexity: float
+    nll: float
+    tokens: int
+    segment_perplexities: list[float]  # per consecutive block of ``segment`` scored tokens
+    segment: int
+
+
+def stream_perplexity(logprobs: np.ndarray, segment: int) -> StreamPerplexityResult:
+    """logprobs (L-1,) of one stream, as ``CompiledScorer.stream_logprobs`` returns them."""
+    nll = -float(np.mean(logprobs))
+    blocks = [logprobs[i:i + segment] for i in range(0, len(logprobs), segment)]
+    return StreamPerplexityResult(perplexity=math.exp(nll), nll=nll, tokens=len(logprobs),
+                                  segment_perplexities=[round(math.exp(-float(np.mean(b))), 4) for b in blocks],
+                                  segment=segment)

@@ -8,7 +8,7 @@ model is the transformers source (torch) or a compiled model (any backend).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -84,6 +84,28 @@ class CompiledScorer:
     def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         logits = self.session.run_prefill(right_pad(sequences))  # (B, L, V)
         return [gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
+
+    def stream_logprobs(self, ids: np.ndarray, on_step: Callable[[int, int], None] = lambda done, total: None
+                        ) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t = 1..L-1 through one KV cache, the way the runtime streams text.
+
+        A streaming model (``optimize --streaming``) fills its cache in one step and then takes one token per
+        step, so any length works; a full-cache model runs the text as one prefill within its max_seq_len.
+        """
+        from planforge.runtime import Generator
+
+        generator = Generator(self.session)
+        generator.check_prompts([ids])
+        out = np.empty(len(ids) - 1, dtype=np.float64)
+
+        def score(start: int, logits: np.ndarray) -> None:  # logits (1, n, V) predict ids[start + 1 ...]
+            n = min(logits.shape[1], len(ids) - 1 - start)
+            if n > 0:
+                out[start:start + n] = _log_softmax(logits[0, :n])[np.arange(n), ids[start + 1:start + 1 + n]]
+            on_step(start + logits.shape[1], len(ids))
+
+        generator.prefill(ids[None].astype(np.int64), np.ones((1, len(ids)), dtype=np.int64), on_step=score)
+        return out
 
     def continuation_logprobs(self, context: np.ndarray, continuations: list[np.ndarray]) -> list[float]:
         """Runs the shared context once, then every continuation as one batch over its KV cache."""

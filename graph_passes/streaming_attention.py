@@ -5,25 +5,25 @@ of the stream (the attention sinks) and the ``W`` most recent ones. Keys are
 cached *before* the rotary embedding and rotated at every step by their slot
 in the cache, so positions never leave ``[0, S + W)`` however long the stream
 runs (StreamingLLM's re-indexing). One layer after the rewrite (n new tokens,
-P cached, T = P + n)::
+P cached, T = P + n; e = 1 when the cache arrived full, else 0)::
 
-    q ─► Reshape/Transpose (B,H,n,D) ───────────────► RotaryEmbedding(q_positions) ─┐
-    k ─► Reshape/Transpose (B,Hkv,n,D) ─► Concat(past_key) = k_all (B,Hkv,T,D)      │
-                                            ├─► RotaryEmbedding(k_positions) ───────┤
-                                            └─► Concat(Slice[0:min(S,T)], Slice[max(S,T-W):T]) ─► present_key
-    v ─► Reshape/Transpose ─────────────────► Concat(past_value) = v_all ─┬─────────┤
-                                                                         └─► Concat(Slice, Slice) ─► present_value
-                                        Attention(q, k_all, v_all, streaming mask) ◄┘
-                                            └─► Transpose/Reshape (B,n,H·D) ─► o_proj
+    q ─► Reshape/Transpose (B,H,n,D) ─────────────────► RotaryEmbedding(q_positions) ──────┐
+    k ─► Reshape/Transpose (B,Hkv,n,D) ─► Concat(past_key) = k_all (B,Hkv,T,D)             │
+                      ├─► Concat(Slice[0:min(S,T)], Slice[S+e:T]) ─► RotaryEmbedding(slots) ┤
+                      └─► Concat(Slice[0:min(S,T)], Slice[max(S,T-W):T]) ─► present_key     │
+    v ─► Reshape/Transpose ─► Concat(past_value) = v_all ─► the same two Concats ──────────┤
+                                         Attention(q, keys, values, streaming mask) ◄──────┘
+                                             └─► Transpose/Reshape (B,n,H·D) ─► o_proj
 
 Query i (index P+i in k_all) sees key j when j <= P+i and (j < S or j > P+i-W):
-the sinks plus the W most recent tokens, itself included. A layer with its own
+the sinks plus the W most recent tokens, itself included. Slot S of a full cache
+is outside every query's window, so attention reads the T - e keys without it. A layer with its own
 ``sliding_window`` w keeps it on top (true token age < w; a sink's true age comes
 from ``position_ids``, which stay absolute), so a model window of w <= W gives
-exactly the unstreamed model. Positions: sink j sits at j, every other key at
-j - e and query i at P + i - e, where e = 1 when the cache arrived full
-(P = S + W) and 0 otherwise: one token per step reproduces StreamingLLM
-exactly (the current token at S + W - 1, window ages exact).
+exactly the unstreamed model. Positions: each attended key sits at its slot
+(sink j at j, any other key at j - e) and query i at P + i - e: one token per
+step reproduces StreamingLLM exactly (the current token at S + W - 1, window
+ages exact), and positions stay below S + W + n - 1 <= max_seq_len.
 """
 
 from __future__ import annotations
@@ -109,29 +109,33 @@ class _StepIndices:
         # The cache keeps slots [0, min(S, T)) and [max(S, T - W), T).
         self.head_end = b.op("Min", [self.total, self.sinks], "sink_end")
         self.tail_start = b.op("Max", [self.sinks, b.op("Sub", [self.total, self.window], "tail_from")], "window_start")
-        # e = 1 when the cache arrived full: the evicted slot's position is reused (see module doc).
+        # e = 1 when the cache arrived full: its oldest window slot (index S) is already out of every query's
+        # window, so attention reads the T - e keys without it and their positions stay below S + W + n - 1.
         arrived_full = b.op("Sub", [b.op("Add", [past, one], "past_plus_one"), b.const("slots", i64([options.cache_slots]))],
                             "over_capacity")
         shift = b.op("Max", [arrived_full, zero], "shift")
+        self.attended_from = b.op("Add", [self.sinks, shift], "attended_from")  # k_all[S + e:] after the sinks
+        attended = b.op("Sub", [self.total, shift], "attended_tokens")  # T - e
         scalar = lambda v, name: b.op("Squeeze", [v], name)  # noqa: E731
-        k_index = b.op("Range", [scalar(zero, "zero_scalar"), scalar(self.total, "total_scalar"),
-                                 scalar(one, "one_scalar")], "k_index")  # (T,)
+        slot = b.op("Range", [scalar(zero, "zero_scalar"), scalar(attended, "attended_scalar"),
+                              scalar(one, "one_scalar")], "slot")  # (T - e,) = each attended key's position
+        is_sink = b.op("Less", [slot, self.sinks], "is_sink")
+        k_index = b.op("Where", [is_sink, slot, b.op("Add", [slot, shift], "slot_shifted")], "k_index")  # in k_all
         q_index = b.op("Add", [b.op("Range", [scalar(zero, "zero_scalar2"), scalar(n, "n_scalar"),
                                               scalar(one, "one_scalar2")], "q_range"), past], "q_index")  # (n,)
-        is_sink = b.op("Less", [k_index, self.sinks], "is_sink")  # (T,)
-        k_pos = b.op("Where", [is_sink, k_index, b.op("Sub", [k_index, shift], "k_shifted")], "k_position")
         q_pos = b.op("Sub", [q_index, shift], "q_position")
-        self.k_positions = b.op("Expand", [b.op("Unsqueeze", [k_pos, zero], "k_pos_row"),
-                                           b.op("Concat", [batch, self.total], "bt", axis=0)], "k_positions")  # (B, T)
+        self.k_positions = b.op("Expand", [b.op("Unsqueeze", [slot, zero], "k_pos_row"),
+                                           b.op("Concat", [batch, attended], "bt", axis=0)], "k_positions")  # (B, T-e)
         self.q_positions = b.op("Expand", [b.op("Unsqueeze", [q_pos, zero], "q_pos_row"),
                                            b.op("Concat", [batch, n], "bn", axis=0)], "q_positions")  # (B, n)
-        # Mask pieces, broadcast to (B, 1, n, T).
-        self.kj = b.op("Unsqueeze", [k_index, zero], "kj")  # (1, T)
+        # Mask pieces, broadcast to (B, 1, n, T - e).
+        self.kj = b.op("Unsqueeze", [k_index, zero], "kj")  # (1, T-e): attended key -> its index in k_all
         self.qi = b.op("Unsqueeze", [q_index, one], "qi")  # (n, 1)
-        self.kj_is_sink = b.op("Unsqueeze", [is_sink, zero], "kj_is_sink")  # (1, T)
+        self.kj_is_sink = b.op("Unsqueeze", [is_sink, zero], "kj_is_sink")  # (1, T-e)
         self.q_absolute = b.op("Unsqueeze", [position_ids, b.const("axes13", i64([1, 3]))], "q_absolute")  # (B,1,n,1)
-        self.not_padding = b.op("Unsqueeze", [b.op("Cast", [attention_mask], "padding_bool", to=ir.DataType.BOOL),
-                                              b.const("axes12", i64([1, 2]))], "not_padding")  # (B,1,1,T)
+        padding = b.op("Cast", [attention_mask], "padding_bool", to=ir.DataType.BOOL)  # (B, T)
+        self.not_padding = b.op("Unsqueeze", [b.op("Gather", [padding, k_index], "attended_padding", axis=1),
+                                              b.const("axes12", i64([1, 2]))], "not_padding")  # (B,1,1,T-e)
         self._masks: dict[Optional[int], ir.Value] = {}
 
     def mask(self, model_window: Optional[int]) -> ir.Value:
@@ -154,11 +158,18 @@ class _StepIndices:
             visible = b.op("And", [visible, in_window], f"{tag}/model_window")
         return b.op("Or", [visible, b.op("Equal", [self.kj, self.qi], f"{tag}/diagonal")], f"{tag}/mask")
 
-    def evict(self, b: NodeBuilder, everything: ir.Value, name: str) -> ir.Value:
-        """(B, Hkv, T, D) -> the kept (B, Hkv, min(T, S + W), D)."""
+    def _sinks_and(self, b: NodeBuilder, everything: ir.Value, start: ir.Value, name: str) -> ir.Value:
         sinks = b.op("Slice", [everything, self.zero, self.head_end, self.axis2], f"{name}/sinks")
-        recent = b.op("Slice", [everything, self.tail_start, self.total, self.axis2], f"{name}/recent")
-        return b.op("Concat", [sinks, recent], f"{name}/present", axis=2)
+        rest = b.op("Slice", [everything, start, self.total, self.axis2], f"{name}/rest")
+        return b.op("Concat", [sinks, rest], f"{name}/Concat", axis=2)
+
+    def evict(self, b: NodeBuilder, everything: ir.Value, name: str) -> ir.Value:
+        """k_all (B, Hkv, T, D) -> the kept cache (B, Hkv, min(T, S + W), D)."""
+        return self._sinks_and(b, everything, self.tail_start, f"{name}/present")
+
+    def attended(self, b: NodeBuilder, everything: ir.Value, name: str) -> ir.Value:
+        """k_all (B, Hkv, T, D) -> the keys attention reads (B, Hkv, T - e, D)."""
+        return self._sinks_and(b, everything, self.attended_from, f"{name}/attended")
 
 
 class StreamingAttentionPass(GraphPass):
@@ -235,10 +246,11 @@ class StreamingAttentionPass(GraphPass):
         v_all = b.op("Concat", [past_v, self._heads(b, v, self.num_kv_heads, "v")], "v_all", axis=2)
         q_rot = b.op("RotaryEmbedding", [q, cos, sin, steps.q_positions], "q/RotaryEmbedding",
                      **self._rope_attributes(site.q_rope))
-        k_rot = b.op("RotaryEmbedding", [k_all, cos, sin, steps.k_positions], "k/RotaryEmbedding",
-                     **self._rope_attributes(site.k_rope))
+        k_rot = b.op("RotaryEmbedding", [steps.attended(b, k_all, "key"), cos, sin, steps.k_positions],
+                     "k/RotaryEmbedding", **self._rope_attributes(site.k_rope))
         attributes = {name: attr.value for name, attr in att.attributes.items()}
-        y = b.op("Attention", [q_rot, k_rot, v_all, steps.mask(model_window)], "Attention", **attributes)
+        y = b.op("Attention", [q_rot, k_rot, steps.attended(b, v_all, "value"), steps.mask(model_window)],
+                 "Attention", **attributes)
         y = b.op("Transpose", [y], "y/Transpose", perm=[0, 2, 1, 3])
         y = b.op("Reshape", [y, b.const("y.shape", np.array([0, 0, self.num_heads * self.head_dim], np.int64))],
                  "y/Reshape")

@@ -20,6 +20,7 @@ from planforge.runtime.backend import Backend, positions_from_mask
 from planforge.runtime.sampling import Sampler, SamplingConfig
 
 TokenCallback = Callable[[int, int], None]  # (row in the batch, new token id)
+StepCallback = Callable[[int, np.ndarray], None]  # (first position of the step, its logits (B, n, V))
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Generator:
         streaming = self.manifest.streaming
         self.cache_slots: Optional[int] = streaming["cache_slots"] if streaming else None  # None: the cache grows
 
-    def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> None:
+    def check_prompts(self, prompts: Sequence[Sequence[int]]) -> None:
         if not prompts:
             raise InvalidPromptError("no prompts were given.")
         vocab, limit = self.manifest.dims.vocab_size, self.manifest.dims.max_seq_len
@@ -97,19 +98,24 @@ class Generator:
             return np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
         return np.ones((mask.shape[0], min(mask.shape[1], self.cache_slots) + 1), dtype=np.int64)
 
-    def prefill(self, ids: np.ndarray, mask: np.ndarray):
-        """-> (last logits (B, V), cache, last positions (B,), the last step's mask)."""
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, on_step: Optional[StepCallback] = None):
+        """-> (last logits (B, V), cache, last positions (B,), the last step's mask).
+
+        ``on_step`` sees every step's logits: one step here, or for a streaming model the cache-filling
+        step and then one step per remaining prompt token.
+        """
         positions = positions_from_mask(mask)  # (B, L)
-        cache = self.backend.empty_cache(ids.shape[0])
-        if self.cache_slots is None:
-            logits, cache = self.backend.forward(ids, mask, positions, cache)
-            return logits[:, -1], cache, positions[:, -1], mask
-        first = min(ids.shape[1], self.cache_slots)  # fills the cache without evicting
-        step_mask = mask[:, :first]
-        logits, cache = self.backend.forward(ids[:, :first], step_mask, positions[:, :first], cache)
+        first = ids.shape[1] if self.cache_slots is None else min(ids.shape[1], self.cache_slots)
+        step_mask = mask[:, :first]  # the first step fills the cache without evicting
+        logits, cache = self.backend.forward(ids[:, :first], step_mask, positions[:, :first],
+                                             self.backend.empty_cache(ids.shape[0]))
+        if on_step is not None:
+            on_step(0, logits)
         for t in range(first, ids.shape[1]):
             step_mask = self.next_mask(step_mask)
             logits, cache = self.backend.forward(ids[:, t:t + 1], step_mask, positions[:, t:t + 1], cache)
+            if on_step is not None:
+                on_step(t, logits)
         return logits[:, -1], cache, positions[:, -1], step_mask
 
     def decode_one_token(self, tokens: np.ndarray, mask: np.ndarray, last_positions: np.ndarray, cache):
@@ -122,8 +128,9 @@ class Generator:
         prompts: Sequence[Sequence[int]],
         config: GenerationConfig = GenerationConfig(),
         on_token: Optional[TokenCallback] = None,
+        on_prefill_step: Optional[StepCallback] = None,
     ) -> GenerationResult:
-        self._check_prompts(prompts)
+        self.check_prompts(prompts)
         stops = set(config.stop_token_ids) | (set() if config.ignore_eos else set(self.manifest.eos_token_ids))
         pad_id = self.manifest.pad_token_id if self.manifest.pad_token_id is not None else 0
         sample = Sampler(config.sampling)
@@ -133,7 +140,7 @@ class Generator:
         reasons: list[Optional[str]] = [None] * batch
 
         start = time.perf_counter()
-        logits, cache, positions, mask = self.prefill(ids, mask)
+        logits, cache, positions, mask = self.prefill(ids, mask, on_step=on_prefill_step)
         prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
         while True:

@@ -104,25 +104,32 @@ def test_eviction_never_drops_the_sinks(streaming_model):
         np.testing.assert_array_equal(after.numpy()[:, :, :SINKS], before.numpy()[:, :, :SINKS])
 
 
-def test_generator_streams_past_max_seq_len_with_a_constant_cache(tiny_model, tmp_path):
-    _, exported = tiny_model("llama")
-    limit = Manifest.load(exported).dims.max_seq_len
-    out = tmp_path / "stream"
-    optimize(exported, out, OptimizeOptions(streaming=StreamingOptions(4, 28)))
-    generator = Generator(Session(out))
-    prompt = [int(i) for i in np.random.RandomState(5).randint(1, 300, limit + 20)]  # longer than max_seq_len
-    lengths = []
-    forward = generator.backend.forward
+def test_a_cache_as_long_as_max_seq_len_streams_past_it(make_random_model, hf_model, tmp_path):
+    """S + W = max_seq_len, the CLI's default window: the Generator takes prompts and generations longer than
+    max_seq_len with a constant cache, and the logits still match the torch reference."""
+    from planforge.exporter.api import ExportOptions, export
+
+    source = make_random_model("llama", tmp_path / "hf")
+    export(str(source), tmp_path / "onnx", ExportOptions(max_seq_len=32))
+    optimize(tmp_path / "onnx", tmp_path / "stream", OptimizeOptions(streaming=StreamingOptions(4, 28)))
+    session = Session(tmp_path / "stream")
+    prompt = [int(i) for i in np.random.RandomState(5).randint(1, 300, 100)]
+    got, lengths, _ = stream_logits(session, prompt, first_chunk=32)
+    assert set(lengths) == {32}
+    np.testing.assert_allclose(got, streaming_logits(hf_model(source), prompt, 4, 28).numpy(), atol=ATOL, rtol=0)
+
+    generator, lengths = Generator(session), []
+    forward = session.forward
 
     def spy(*args):
         logits, cache = forward(*args)
         lengths.append(cache.length)
         return logits, cache
 
-    generator.backend.forward = spy
+    session.forward = spy
     result = generator.generate([prompt, prompt[::-1]], GenerationConfig(max_new_tokens=40, ignore_eos=True))
     assert [len(t) for t in result.tokens] == [40, 40] and result.finish_reasons == ["length", "length"]
-    assert lengths[0] == 32 and set(lengths[1:]) == {32}
+    assert set(lengths) == {32}
     with pytest.raises(InvalidPromptError, match="equal token length"):
         generator.generate([prompt, prompt[:10]])
 
