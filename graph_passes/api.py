@@ -86,6 +86,9 @@ def _streaming_pass(model_dir: Path, manifest: Manifest, options: StreamingOptio
     if manifest.streaming:
         raise StreamingConfigError(f"{model_dir} already streams ({manifest.streaming}); optimize the export "
                                    "without --streaming instead.")
+    if any(p.get("name") == ContextualSparsityPass.name for p in manifest.passes):
+        raise StreamingConfigError(f"{model_dir} has contextual sparsity, whose decode branch attends over the full "
+                                   "cache; --streaming and --sparsity-* cannot be combined yet.")
     options.validate(manifest.dims.max_seq_len)
     d = manifest.dims
     return StreamingAttentionPass(options, d.num_heads, d.num_kv_heads, d.head_dim, manifest.sliding_windows)

@@ -258,3 +258,26 @@ def test_decode_macs_match_a_hand_count(llama, context):
         "attention": 2 * H * context * hd + (L - 1) * 2 * kh * context * hd,
         "predictor": D * hidden + hidden * (L - 1) * H + D * hidden + hidden * L * F, "lm_head": D * V}
     assert sparse.total == sum(sparse.parts.values()) and sparse.blocks == sparse.total - D * V
+
+
+def test_bench_sparsity_sample_runs(llama):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "samples" / "bench_sparsity.py"
+    proc = subprocess.run([sys.executable, str(script), str(llama["source"]), "--predictor", str(llama["path"]),
+                           "--repeats", "1", "--new-tokens", "3", "--prompt-tokens", "5", "--w4a4"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| sparse 0.5/0.5 + W4A4 |" in proc.stdout and "| whole graph vs first |" in proc.stdout
+    assert "machine:" in proc.stdout and "RANDOM" not in proc.stdout
+
+
+def test_streaming_is_refused_with_sparsity(llama, tmp_path):
+    from planforge.graph_passes.streaming_attention import StreamingConfigError, StreamingOptions
+
+    with pytest.raises(InvalidSparsityError, match="cannot be combined"):
+        optimize(llama["exported"], tmp_path / "both", OptimizeOptions(
+            sparsity=SparsityOptions(0.5, 0.5, llama["path"]), streaming=StreamingOptions(4, 60)))
+    sparse = sparsify(llama["exported"], tmp_path / "sparse", llama["path"], 0.5, 0.5)
+    with pytest.raises(StreamingConfigError, match="contextual sparsity"):
+        optimize(sparse, tmp_path / "then_streaming", OptimizeOptions(streaming=StreamingOptions(4, 60)))
