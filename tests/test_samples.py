@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,3 +16,36 @@ def test_bench_runtime_runs_and_checks_tokens(tiny_model):
     assert proc.returncode == 0, proc.stderr
     table = [line for line in proc.stdout.splitlines() if line.startswith("| 1 ") or line.startswith("| 4 ")]
     assert len(table) == 2 and all(line.rstrip().endswith("| yes |") for line in table), proc.stdout
+
+
+@pytest.fixture
+def stream_text(tmp_path):
+    from tests.conftest import CORPUS
+
+    path = tmp_path / "stream.txt"
+    path.write_text(CORPUS * 3)
+    return path
+
+
+def test_streaming_results_prints_the_four_rows(tiny_model, stream_text):
+    source, _ = tiny_model("llama")
+    proc = subprocess.run([sys.executable, str(ROOT / "samples" / "streaming_results.py"), str(source), "--text",
+                           str(stream_text), "--multiple", "2", "--stride", "128"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert len(rows) == 4 and rows[0].endswith("| 1.000x |"), proc.stdout
+    assert "stream: 512 scored tokens" in proc.stdout
+
+
+def test_bench_streaming_keeps_the_streaming_cache_constant(tiny_model, stream_text):
+    source, _ = tiny_model("llama")
+    proc = subprocess.run([sys.executable, str(ROOT / "samples" / "bench_streaming.py"), str(source), "--text",
+                           str(stream_text), "--multiples", "1", "2", "--decode", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| 1x") or line.startswith("| 2x")]
+    streaming = [r for r in rows if "streaming" in r[3]]
+    full = [r for r in rows if "full cache" in r[3]]
+    assert [r[4].strip() for r in streaming] == ["256", "256"], proc.stdout
+    assert [r[4].strip() for r in full] == ["258", "514"], proc.stdout

@@ -162,3 +162,18 @@ def test_streaming_twice_is_refused_and_the_contract_is_recorded(streaming_model
     assert present["shape"][2] == f"min(total_sequence, {SINKS + WINDOW})"
     with pytest.raises(StreamingConfigError, match="already streams"):
         optimize(streamed, tmp_path / "again", OptimizeOptions(streaming=StreamingOptions(SINKS, WINDOW)))
+
+
+def test_streaming_composes_with_quantization(tiny_model, tmp_path):
+    """One call, W8A8 then streaming: before the cache fills it equals the W8A8 model without streaming."""
+    _, exported = tiny_model("llama")
+    from planforge.graph_passes.schemes import QuantOptions
+
+    quant = QuantOptions(scheme="w8a8", outliers="0", int8_layers=(), weight_method="rtn")
+    optimize(exported, tmp_path / "q", OptimizeOptions(quant=quant))
+    optimize(exported, tmp_path / "qs", OptimizeOptions(quant=quant, streaming=StreamingOptions(SINKS, WINDOW)))
+    assert [p["name"] for p in Manifest.load(tmp_path / "qs").passes] == ["quantize_linears", "streaming_attention"]
+    ids = [int(i) for i in np.random.RandomState(6).randint(1, 300, SINKS + WINDOW)]
+    plain, _, _ = stream_logits(Session(tmp_path / "q"), ids, first_chunk=3)
+    got, _, _ = stream_logits(Session(tmp_path / "qs"), ids, first_chunk=3)
+    np.testing.assert_allclose(got, plain, atol=1e-5, rtol=0)
