@@ -325,7 +325,7 @@ class ContextualSparsityPass(GraphPass):
             b.clone(node, vmap)
             for out in node.outputs:
                 if out in masked:
-                    vmap[out] = self._apply_mask(b, vmap[out], *masked[out])
+                    vmap[out] = self._apply_mask(b, vmap[out], *masked[out], dtype=layer.o.weight.const_value.dtype)
         else_graph = ir.Graph([], [vmap[v] for v in outputs], nodes=b.nodes, name=f"{prefix}/dense")
 
         if_node = ir.Node("", "If", [cond], [ir.AttrGraph("then_branch", then_graph),
@@ -337,9 +337,9 @@ class ContextualSparsityPass(GraphPass):
         ir.convenience.replace_all_uses_with(outputs, list(if_node.outputs))
         graph.remove(layer.region, safe=True)
 
-    def _apply_mask(self, b: "_Emitter", value: ir.Value, kind: str, indices: ir.Value, layer: int, units: int):
-        """value (B, S, units*w) -> value with the unselected units' slices zeroed (mask from the top-k indices)."""
-        dtype = value.type.dtype if value.type is not None else ir.DataType.FLOAT
+    def _apply_mask(self, b: "_Emitter", value: ir.Value, kind: str, indices: ir.Value, layer: int, units: int,
+                    dtype: ir.DataType):
+        """value (B, S, units*w) in ``dtype`` -> the unselected units' slices zeroed (mask from the top-k indices)."""
         np_dtype = dtype.numpy()
         idx = b.op("Gather", [indices, b.const(f"{kind}.layer{layer}", np.array(layer))], f"{kind}/Gather", axis=2)
         shape = b.op("Shape", [idx], f"{kind}/idx_shape")

@@ -7,7 +7,8 @@ Exports MODEL (fp32) to a temporary directory, applies `planforge optimize --qua
 --prompt-tokens prompt (batch 1; the prefill is not timed) with both, alternating dense and sparse
 runs, and prints the median tokens/s and their ratio, the per-token MACs of the decode step
 (graph_passes/flops.py) at the mean decoded context, the model sizes, and the machine.
-With --w4a4 it adds W4A4 (RTN, no outliers) and sparsity + W4A4 in one optimize call.
+With --w4a4 it adds W4A4 (RTN, no outliers) and sparsity + W4A4 in one optimize call; --extra 0.7 0.9
+adds sparse variants at those fractions (heads and neurons alike).
 The predictor defaults to MODEL/sparsity_predictor.safetensors; without one, --random-predictor
 writes a random but valid one (timing and MACs only: its selections are meaningless).
 """
@@ -67,6 +68,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all)")
     parser.add_argument("--w4a4", action="store_true", help="also W4A4 dense vs sparsity + W4A4")
+    parser.add_argument("--extra", type=float, nargs="*", default=[],
+                        help="more sparse variants, each with this fraction for both heads and neurons")
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -92,6 +95,10 @@ def main():
         variants = {"dense fp32": tmp / "dense"}
         optimize(tmp / "dense", tmp / "sparse", OptimizeOptions(sparsity=sparsity))
         variants[label] = tmp / "sparse"
+        for i, fraction in enumerate(args.extra):
+            optimize(tmp / "dense", tmp / f"extra{i}", OptimizeOptions(
+                sparsity=SparsityOptions(fraction, fraction, predictor)))
+            variants[f"sparse {fraction:g}/{fraction:g}"] = tmp / f"extra{i}"
         if args.w4a4:
             quant = QuantOptions(scheme="w4a4", outliers="0")
             optimize(tmp / "dense", tmp / "w4a4", OptimizeOptions(quant=quant))

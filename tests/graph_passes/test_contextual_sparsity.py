@@ -281,3 +281,11 @@ def test_streaming_is_refused_with_sparsity(llama, tmp_path):
     sparse = sparsify(llama["exported"], tmp_path / "sparse", llama["path"], 0.5, 0.5)
     with pytest.raises(StreamingConfigError, match="contextual sparsity"):
         optimize(sparse, tmp_path / "then_streaming", OptimizeOptions(streaming=StreamingOptions(4, 60)))
+
+
+def test_fp16_keep_all_matches_dense_fp16(tiny_model, llama, tmp_path):
+    """fp16: masks and the decode branch in the model dtype (tolerance: fp16 rounding of differently fused graphs)."""
+    exported = tiny_model("llama", "fp16")[1]
+    out = sparsify(exported, tmp_path / "fp16", llama["path"], KEEP_ALL, KEEP_ALL)
+    ids = np.random.default_rng(8).integers(1, 300, (2, 7))
+    np.testing.assert_allclose(run_steps(Session(out), ids, 4), run_steps(Session(exported), ids, 4), atol=2e-2, rtol=0)
