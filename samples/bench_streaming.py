@@ -9,7 +9,9 @@ heldout text into its KV cache, then times --decode greedy one-token steps:
 - streaming: `optimize --streaming` (4 sinks + the rest of the context as window),
   which takes the stream the way the runtime does (cache fill, then one token per step);
 - full cache: the same model exported with --max-seq-len past the longest stream,
-  fed in chunks of one context (so no L x L attention matrix inflates its memory).
+  fed in chunks of one context (so no L x L attention matrix inflates its memory);
+- window recompute: no cache, every token re-runs the last context of tokens
+  (StreamingLLM's sliding-window-with-recomputation baseline); same cost at any length.
 
 It prints the KV cache size, the process's peak resident memory, and the median
 decode step time, with the full cache's ratio to streaming at the same length.
@@ -30,6 +32,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+def recompute(model_dir: Path, text: Path, length: int, decode: int) -> dict:
+    """Each step re-runs the last context-length tokens from scratch."""
+    from planforge.runtime import Session
+    from planforge.runtime.tokenizer import Tokenizer
+
+    session = Session(model_dir)
+    context = session.manifest.dims.max_seq_len
+    ids = Tokenizer(model_dir).encode(text.read_text())[:length]
+    times = []
+    for _ in range(decode):
+        window = np.array(ids[-context:], dtype=np.int64)[None]
+        start = time.perf_counter()
+        logits = session.run_prefill(window)
+        times.append(time.perf_counter() - start)
+        ids.append(int(logits[0, -1].argmax()))
+    return {"kv_mb": 0.0, "cache_positions": 0, "peak_rss_mb": _peak_rss_mb(),
+            "decode_ms": 1e3 * statistics.median(times)}
 
 
 def child(model_dir: Path, text: Path, length: int, decode: int) -> dict:
@@ -69,9 +90,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
-def run_child(model_dir: Path, text: Path, length: int, decode: int) -> dict:
+def run_child(model_dir: Path, text: Path, length: int, decode: int, mode: str = "cache") -> dict:
     proc = subprocess.run([sys.executable, __file__, str(model_dir), "--child", str(model_dir), "--text", str(text),
-                           "--length", str(length), "--decode", str(decode)], capture_output=True, text=True)
+                           "--length", str(length), "--decode", str(decode), "--mode", mode],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -85,10 +107,12 @@ def main():
     parser.add_argument("--decode", type=int, default=32, help="timed decode steps after the stream")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["cache", "recompute"], default="cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
     text = args.text or args.model / "heldout.txt"
     if args.child is not None:
-        print(json.dumps(child(args.child, text, args.length, args.decode)))
+        measure = recompute if args.mode == "recompute" else child
+        print(json.dumps(measure(args.child, text, args.length, args.decode)))
         return
 
     from planforge.exporter.api import ExportOptions, export
@@ -107,6 +131,7 @@ def main():
             stream = run_child(tmp / "streaming", text, length, args.decode)
             full = run_child(tmp / "full", text, length, args.decode)
             rows.append((multiple, length, stream, full))
+        window = run_child(tmp / "plain", text, context, args.decode, mode="recompute")
 
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, ONNX Runtime CPU, fp32, "
           f"load average {os.getloadavg()[0]:.1f}; median of {args.decode} decode steps after the stream\n")
@@ -116,6 +141,9 @@ def main():
         for name, r in (("streaming (4 sinks + window)", stream), ("full cache", full)):
             print(f"| {multiple}x | {length} | {name} | {r['cache_positions']} | {r['kv_mb']:.1f} | "
                   f"{r['peak_rss_mb']:.0f} | {r['decode_ms']:.2f} | {r['decode_ms'] / stream['decode_ms']:.2f}x |")
+    last = rows[-1][2]
+    print(f"| any | any | window recompute (no cache) | 0 | 0.0 | {window['peak_rss_mb']:.0f} | "
+          f"{window['decode_ms']:.2f} | {window['decode_ms'] / last['decode_ms']:.2f}x (vs the last streaming row) |")
 
 
 if __name__ == "__main__":
