@@ -274,7 +274,7 @@ class ContextualSparsityPass(GraphPass):
             scores = b.op("Reshape", [scores, b.const(f"{prefix}.shape", np.array([0, 0, layers, units]))],
                           f"{prefix}/Reshape")
             _, idx = b.op("TopK", [scores, b.const(f"{prefix}.k", np.array([k]))], f"{prefix}/TopK",
-                          num_outputs=2, axis=-1, largest=1, sorted=1)
+                          num_outputs=2, axis=-1, largest=1, sorted=0)  # the order is never used
             return idx  # (B, S, layers, k)
 
         head_idx = neuron_idx = None
