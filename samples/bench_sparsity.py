@@ -6,7 +6,8 @@ Exports MODEL (fp32) to a temporary directory, applies `planforge optimize --qua
 --sparsity-mlp --predictor` to it, then times greedy decoding of --new-tokens tokens after a
 --prompt-tokens prompt (batch 1; the prefill is not timed) with both, alternating dense and sparse
 runs, and prints the median tokens/s and their ratio, the per-token MACs of the decode step
-(graph_passes/flops.py) at the mean decoded context, the model sizes, and the machine.
+(graph_passes/flops.py) at the mean decoded context, the model sizes, the machine, and the largest
+logit difference of the sparse graph from the torch masked model (planforge.sparsity.masking).
 With --w4a4 it adds W4A4 (RTN, no outliers) and sparsity + W4A4 in one optimize call; --extra 0.7 0.9
 adds sparse variants at those fractions (heads and neurons alike).
 The predictor defaults to MODEL/sparsity_predictor.safetensors; without one, --random-predictor
@@ -39,6 +40,33 @@ def decode_once(session, prompt: np.ndarray, new_tokens: int) -> tuple[float, li
                                         np.array([[position]]), cache)
         token = int(logits[0, -1].argmax())
     return time.perf_counter() - start, tokens
+
+
+def check_against_torch(model: str, sparse_dir: Path, predictor: Path, heads: float, mlp: float,
+                        prompt: np.ndarray, new_tokens: int) -> tuple[float, float]:
+    """Max |logit difference| of the sparse graph (prefill, then decode step by step) from the torch masked model
+    with the same predictor: (prefill, decode)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from planforge.runtime import Session
+    from planforge.sparsity.masking import masked_logits, predicted_masks
+    from planforge.sparsity.predictor import Predictor
+
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    session = Session(sparse_dir)
+    _, tokens = decode_once(session, prompt, new_tokens)
+    ids = np.concatenate([prompt, np.array([tokens])], axis=1)  # the greedy continuation, teacher-forced in torch
+    masks = predicted_masks(hf, Predictor.load(predictor), torch.from_numpy(ids), heads, mlp)
+    reference = masked_logits(hf, torch.from_numpy(ids), *masks).numpy()
+    n, pos = prompt.shape[1], np.arange(ids.shape[1])[None]
+    logits, cache = session.forward(prompt, np.ones((1, n), np.int64), pos[:, :n], session.empty_cache(1))
+    prefill = float(np.abs(logits - reference[:, :n]).max())
+    decode = 0.0
+    for t in range(n, ids.shape[1]):
+        logits, cache = session.forward(ids[:, t:t + 1], np.ones((1, t + 1), np.int64), pos[:, t:t + 1], cache)
+        decode = max(decode, float(np.abs(logits[:, 0] - reference[:, t]).max()))
+    return prefill, decode
 
 
 def random_predictor(model_dir: Path, path: Path, hidden: int = 128) -> Path:
@@ -118,6 +146,7 @@ def main():
         context = args.prompt_tokens + args.new_tokens // 2
         macs = [(name, decode_macs(path, context)) for name, path in variants.items()]
         sizes = {name: model_file_bytes(path) / 1e6 for name, path in variants.items()}
+        check = check_against_torch(args.model, tmp / "sparse", predictor, args.heads, args.mlp, prompt, 16)
 
     base = statistics.median(times["dense fp32"])
     print(f"\nmachine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs, "
@@ -134,6 +163,8 @@ def main():
               f"{base / median:.2f}x | {same} |")
     print()
     print(format_table(macs))
+    print(f"\n{label} vs the torch masked model (same predictor, {args.prompt_tokens}-token prefill, then 16 decode "
+          f"steps through the KV cache): max |logit diff| prefill {check[0]:.2e}, decode {check[1]:.2e}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ References: the dense exported graph (sparsity so small that every unit is kept)
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -270,6 +271,8 @@ def test_bench_sparsity_sample_runs(llama):
     assert proc.returncode == 0, proc.stderr
     assert "| sparse 0.5/0.5 + W4A4 |" in proc.stdout and "| whole graph vs first |" in proc.stdout
     assert "machine:" in proc.stdout and "RANDOM" not in proc.stdout
+    diffs = re.search(r"prefill (\S+), decode (\S+)$", proc.stdout.strip()).groups()
+    assert max(map(float, diffs)) < ATOL_REF
 
 
 def test_streaming_is_refused_with_sparsity(llama, tmp_path):
