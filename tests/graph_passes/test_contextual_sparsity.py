@@ -292,3 +292,35 @@ def test_fp16_keep_all_matches_dense_fp16(tiny_model, llama, tmp_path):
     out = sparsify(exported, tmp_path / "fp16", llama["path"], KEEP_ALL, KEEP_ALL)
     ids = np.random.default_rng(8).integers(1, 300, (2, 7))
     np.testing.assert_allclose(run_steps(Session(out), ids, 4), run_steps(Session(exported), ids, 4), atol=2e-2, rtol=0)
+
+
+def test_gpt2_learned_positions_and_plain_mlp_keep_all(tiny_model, tmp_path):
+    """GPT-2: no RoPE, biases everywhere, a non-gated GELU MLP, MHA; keep-everything equals the dense graph."""
+    exported = tiny_model("gpt2")[1]
+    make_predictor(Manifest.load(exported).dims, tmp_path / "p.safetensors")
+    out = sparsify(exported, tmp_path / "gpt2", tmp_path / "p.safetensors", KEEP_ALL, KEEP_ALL)
+    ids = np.random.default_rng(9).integers(1, 300, (2, 7))
+    np.testing.assert_allclose(run_steps(Session(out), ids, 4), run_steps(Session(exported), ids, 4),
+                               atol=ATOL_DENSE, rtol=0)
+
+
+def test_left_padded_batch_equals_rows_alone(llama):
+    """A row's selection depends only on its own tokens: a left-padded batch decodes each row as if alone."""
+    from planforge.runtime.backend import positions_from_mask
+
+    session = Session(sparsify(llama["exported"], llama["root"] / "pad", llama["path"], 0.5, 0.5))
+    rng = np.random.default_rng(10)
+    rows = [rng.integers(1, 300, 6), rng.integers(1, 300, 3)]
+    steps = rng.integers(1, 300, (2, 4))
+    width = 6
+    ids = np.stack([np.concatenate([np.zeros(width - len(r), np.int64), r]) for r in rows])
+    mask = np.stack([np.concatenate([np.zeros(width - len(r), np.int64), np.ones(len(r), np.int64)]) for r in rows])
+    logits, cache = session.forward(ids, mask, positions_from_mask(mask), session.empty_cache(2))
+    batch = [logits[:, -1]]
+    for t in range(steps.shape[1]):
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        step, cache = session.forward(steps[:, t:t + 1], mask, positions_from_mask(mask)[:, -1:], cache)
+        batch.append(step[:, -1])
+    for b, row in enumerate(rows):
+        alone = run_steps(session, np.concatenate([row, steps[b]])[None], len(row))[0, len(row) - 1:]
+        np.testing.assert_allclose(np.stack([x[b] for x in batch]), alone, atol=ATOL_REF, rtol=0)  # other shapes, sums
