@@ -151,14 +151,15 @@ def test_oracle_selection_equals_masked_reference(llama, tmp_path):
     np.testing.assert_allclose(run_steps(Session(out), ids, 3), reference, atol=ATOL_REF, rtol=0)
 
 
-def test_biases_and_mqa_qwen2(tiny_model, hf_model, tmp_path):
-    """Qwen2: q/k/v biases, one kv head for 4 q heads."""
-    source, exported = tiny_model("qwen2")
+@pytest.mark.parametrize("family,seed,length", [("qwen2", 6, 8), ("mistral", 6, 13)])
+def test_biases_mqa_and_sliding_window(tiny_model, hf_model, tmp_path, family, seed, length):
+    """Qwen2: q/k/v biases, one kv head for 4 q heads. Mistral: a sliding window of 8 (13 tokens cross it)."""
+    source, exported = tiny_model(family)
     dims = Manifest.load(exported).dims
-    assert dims.num_kv_heads == 1
+    assert family != "qwen2" or dims.num_kv_heads == 1
     predictor = make_predictor(dims, tmp_path / "p.safetensors", seed=1)
     out = sparsify(exported, tmp_path / "sparse", tmp_path / "p.safetensors", 0.5, 0.5)
-    ids = np.random.default_rng(6).integers(1, 300, (2, 8))
+    ids = np.random.default_rng(seed).integers(1, 300, (2, length))
     hf = hf_model(source)
     assert_clear_cut(hf, predictor, ids, 0.5, 0.5)
     masks = predicted_masks(hf, predictor, torch.from_numpy(ids), 0.5, 0.5)
