@@ -35,3 +35,11 @@ def command(
                       f"{row.perplexity:.3f}", f"{100 * row.accuracy:.1f}%",
                       f"{100 * row.top1_agreement:.2f}%")
     console.print(table)
+    stream = result.streaming
+    if stream is not None:
+        console.print(
+            f"streaming ({stream.sink_tokens} sinks + {stream.window} window, a constant {stream.sink_tokens + stream.window}"
+            f"-position KV cache): perplexity {stream.stream_perplexity:.3f} over a {stream.tokens}-token stream "
+            f"({stream.tokens // stream.context}x the context), token by token; {stream.windowed_perplexity:.3f} with "
+            f"sliding windows re-computed every {stream.context // 4} tokens. Without --streaming the model stops at "
+            f"{stream.context} tokens.")

@@ -4,7 +4,11 @@ generate on ONNX Runtime, and tabulate size, speed, perplexity, accuracy and agr
 Variants today: the transformers source (run in fp32 with torch) as the baseline, the
 exported fp32 ONNX model, the fp16 export, and QUIK W4A4 of the fp16 export (3% float
 outlier columns, INT8 down_proj, RTN weights; calibrated on the last quarter of the
-held-out file, which the perplexity never reaches). Each later pass adds a row.
+held-out file, which the perplexity never reaches), and contextual sparsity of the fp32 export
+(50% of heads and 50% of MLP neurons skipped per token, picked by the shipped predictor; only where
+the model directory has one). Each later pass adds a row. After the table, the streaming
+model (4 attention sinks + a rolling window, ``optimize --streaming``) is scored token by token over
+a stream 4x the trained context, against sliding windows re-computed on the fp32 export.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from planforge.evaluation.scorers import CompiledScorer, TransformersScorer, gat
 from planforge.runtime.manifest import model_file_bytes
 
 REFERENCE_MODEL = Path(planforge.__file__).resolve().parent / "samples" / "reference_model"
+SPARSITY_PREDICTOR = "sparsity_predictor.safetensors"
+STREAM_CONTEXTS = 4  # the streaming check's stream length, in trained contexts
 PROMPTS = ("The Python interpreter", "To open a file, use", "A list comprehension")
 
 
@@ -38,9 +44,22 @@ class VariantRow:
 
 
 @dataclass
+class StreamingRow:
+    """The streaming model (sinks + rolling window) over a stream several times its trained context."""
+
+    sink_tokens: int
+    window: int
+    tokens: int  # scored stream length
+    context: int
+    stream_perplexity: float  # token by token through the constant-size cache
+    windowed_perplexity: float  # the fp32 export, sliding windows re-computed every context/4 tokens
+
+
+@dataclass
 class DemoResult:
     rows: list[VariantRow]
     samples: list[tuple[str, str]]
+    streaming: Optional[StreamingRow] = None
 
 
 class _PredictionRecorder:
@@ -82,6 +101,30 @@ def _quantize_w4a4(model: Path, fp16_dir: Path, out: Path, force: bool) -> Path:
     return out / "w4a4"
 
 
+def _sparsify(predictor: Path, fp32_dir: Path, out: Path, force: bool) -> Path:
+    from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.graph_passes.contextual_sparsity import SparsityOptions
+
+    optimize(fp32_dir, out / "sparse", OptimizeOptions(sparsity=SparsityOptions(0.5, 0.5, predictor), force=force))
+    return out / "sparse"
+
+
+def _streaming(fp32_dir: Path, out: Path, text_ids: np.ndarray, force: bool) -> StreamingRow:
+    from planforge.evaluation.perplexity import stream_perplexity
+    from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.graph_passes.streaming_attention import StreamingOptions
+
+    plain = CompiledScorer(fp32_dir)
+    context = plain.context_length
+    options = StreamingOptions(sink_tokens=4, window=context - 4)
+    optimize(fp32_dir, out / "streaming", OptimizeOptions(streaming=options, force=force))
+    ids = text_ids[:STREAM_CONTEXTS * context + 1]
+    streamed = stream_perplexity(CompiledScorer(out / "streaming").stream_logprobs(ids), segment=len(ids))
+    windowed = perplexity(ids, plain.token_logprobs, context, stride=context // 4)
+    return StreamingRow(options.sink_tokens, options.window, streamed.tokens, context, streamed.perplexity,
+                        windowed.perplexity)
+
+
 def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, force: bool = True,
              status: Callable[[str], None] = print) -> DemoResult:
     from planforge.exporter.api import ExportOptions, export
@@ -99,6 +142,10 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
         export(str(model), directory, ExportOptions(dtype=name.split()[-1], force=force))
     report(f"quantizing onnx fp16 to W4A4 (QUIK) -> {out / 'w4a4'}")
     variants["onnx W4A4 (QUIK)"] = _quantize_w4a4(model, variants["onnx fp16"], out, force)
+    predictor = model / SPARSITY_PREDICTOR
+    if predictor.is_file():  # shipped with the reference model; another --model has none
+        report(f"contextual sparsity (50% heads, 50% neurons) of onnx fp32 -> {out / 'sparse'}")
+        variants["contextual sparsity 50%"] = _sparsify(predictor, variants["onnx fp32"], out, force)
 
     tokenizer = Tokenizer(variants["onnx fp32"])
     text_ids = np.array(tokenizer.encode((model / "heldout.txt").read_text()), dtype=np.int64)[:max_tokens]
@@ -122,5 +169,7 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
         rows.append(VariantRow(name, size, speed, ppl, acc, top1_agreement=None))
     for row in rows:  # agreement with the exported fp32 model, position by position
         row.top1_agreement = float(np.mean(predictions[row.name] == predictions["onnx fp32"]))
+    report(f"streaming (sinks + rolling window) over {STREAM_CONTEXTS}x the context -> {out / 'streaming'}")
+    streaming = _streaming(variants["onnx fp32"], out, text_ids, force)
     report("done")
-    return DemoResult(rows, samples)
+    return DemoResult(rows, samples, streaming)

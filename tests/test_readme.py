@@ -35,6 +35,7 @@ def test_main_job_and_compare_commands(tmp_path):
             assert "RESULT " in proc.stdout
         if command.startswith("planforge demo"):
             assert "onnx fp16" in proc.stdout and "perplexity" in proc.stdout
+            assert "streaming (4 sinks + 252 window" in proc.stdout
 
 
 def test_python_api_example(tmp_path):
