@@ -35,6 +35,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from planforge import constants
 from planforge.errors import PlanforgeError, UnsupportedArchitectureError
 from planforge.graph_passes.node_builder import NodeBuilder
 from planforge.graph_passes.pipeline import GraphPass
@@ -153,7 +154,7 @@ class _StepIndices:
             index_age = b.op("Sub", [self.qi, self.kj], f"{tag}/index_age")  # (n, T)
             sink_age = b.op("Sub", [self.q_absolute, self.kj], f"{tag}/sink_age")  # (B,1,n,T)
             age = b.op("Where", [self.kj_is_sink, sink_age, index_age], f"{tag}/age")
-            in_window = b.op("Less", [age, self.b.const(f"{tag}.size", np.array(model_window, np.int64))],
+            in_window = b.op("Less", [age, b.const(f"{tag}.size", np.array(model_window, np.int64))],
                              f"{tag}/in_model_window")
             visible = b.op("And", [visible, in_window], f"{tag}/model_window")
         return b.op("Or", [visible, b.op("Equal", [self.kj, self.qi], f"{tag}/diagonal")], f"{tag}/mask")
@@ -218,8 +219,6 @@ class StreamingAttentionPass(GraphPass):
         if not sites:
             return 0
         inputs = {value.name: value for value in graph.inputs}
-        from planforge import constants
-
         shared = NodeBuilder(graph, "/streaming")
         steps = _StepIndices(shared, inputs[constants.INPUT_IDS], sites[0].attention.inputs[4],
                              inputs[constants.ATTENTION_MASK], inputs[constants.POSITION_IDS], self.options)

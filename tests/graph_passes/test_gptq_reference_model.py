@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from planforge.graph_passes.quantize_linears import QuantizedLinear, quantize_linear, split_columns
+from planforge.graph_passes.quantize_linears import quantize_linear
 from planforge.graph_passes.schemes import LinearFormat
 
 REFERENCE = Path(__file__).resolve().parents[2] / "samples" / "reference_model"

@@ -12,7 +12,6 @@ from planforge.plugins.w4a4_gemm import (
     pack,
     quantize_weights,
     quik_linear,
-    quik_matmul,
     quik_quantize,
     unpack,
 )
