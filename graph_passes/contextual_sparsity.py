@@ -265,9 +265,10 @@ class ContextualSparsityPass(GraphPass):
                          b.const("input_std", t["input_std"])], "normalize")
 
         def scorer(prefix: str, rows: slice, units: int, layers: int, k: int):
-            hidden = b.op("Relu", [b.op("Add", [b.op("MatMul", [z, b.const(f"{prefix}.fc1.weight", t[f"{prefix}.fc1.weight"].T)],
-                                                     f"{prefix}/fc1"), b.const(f"{prefix}.fc1.bias", t[f"{prefix}.fc1.bias"])],
-                                        f"{prefix}/fc1_bias")], f"{prefix}/Relu")
+            w1 = b.const(f"{prefix}.fc1.weight", t[f"{prefix}.fc1.weight"].T)  # stored [in, out]
+            hidden = b.op("MatMul", [z, w1], f"{prefix}/fc1")
+            hidden = b.op("Add", [hidden, b.const(f"{prefix}.fc1.bias", t[f"{prefix}.fc1.bias"])], f"{prefix}/fc1_bias")
+            hidden = b.op("Relu", [hidden], f"{prefix}/Relu")
             w2, b2 = t[f"{prefix}.fc2.weight"][rows], t[f"{prefix}.fc2.bias"][rows]
             scores = b.op("Add", [b.op("MatMul", [hidden, b.const(f"{prefix}.fc2.weight", w2.T)], f"{prefix}/fc2"),
                                   b.const(f"{prefix}.fc2.bias", b2)], f"{prefix}/fc2_bias")

@@ -7,10 +7,11 @@ taken shows up) is looked up in the model, and its MACs are counted from the sha
 - ``MatMul`` [..., M, K] x [..., K, N]: batch x M x K x N; ``Gemm``: M x K x N;
 - ``Attention`` (opset 23): scores Q·K^T and probabilities·V, 2 x B x q_heads x S x T x head_dim.
 
-Each MAC is filed under one part: ``linear`` (a MatMul with a weight: an initializer, reached directly or through Gather (the sparse
-decode branch's rows), Reshape, Transpose or DequantizeLinear (a quantized weight)), ``attention`` (the Attention op, or an activation x activation MatMul),
-``predictor`` (nodes of the contextual-sparsity predictor) and ``lm_head`` (the MatMul that produces the
-logits). Elementwise ops, norms, softmax and gathers are not MACs and are not counted.
+Each MAC is filed under one part: ``linear`` (a MatMul with a weight: an initializer, reached directly or
+through Gather (the sparse decode branch's rows), Reshape, Transpose or DequantizeLinear (a quantized
+weight)), ``attention`` (the Attention op, or an activation x activation MatMul), ``predictor`` (nodes
+of the contextual-sparsity predictor) and ``lm_head`` (the MatMul that produces the logits).
+Elementwise ops, norms, softmax and gathers are not MACs and are not counted.
 """
 
 from __future__ import annotations
