@@ -38,7 +38,6 @@ the original MatMuls, so a later quantization pass rewrites those and the gather
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import count
 from pathlib import Path
 from typing import Optional
 
@@ -128,7 +127,6 @@ class ContextualSparsityPass(GraphPass):
         predictor.check_matches(dims)
         self.options, self.predictor, self.dims = options, predictor, dims
         self.records = {lin["weight"]: lin for lin in linears}
-        self._ids = count()
 
     def settings(self) -> dict:
         return self.options.settings(self.predictor)
