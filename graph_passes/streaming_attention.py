@@ -9,9 +9,9 @@ P cached, T = P + n; e = 1 when the cache arrived full, else 0)::
 
     q ─► Reshape/Transpose (B,H,n,D) ─────────────────► RotaryEmbedding(q_positions) ──────┐
     k ─► Reshape/Transpose (B,Hkv,n,D) ─► Concat(past_key) = k_all (B,Hkv,T,D)             │
-                      ├─► Concat(Slice[0:min(S,T)], Slice[S+e:T]) ─► RotaryEmbedding(slots) ┤
-                      └─► Concat(Slice[0:min(S,T)], Slice[max(S,T-W):T]) ─► present_key     │
-    v ─► Reshape/Transpose ─► Concat(past_value) = v_all ─► the same two Concats ──────────┤
+                      ├─► Gather(slots [0,min(S,T)) ∪ [S+e,T)) ─► RotaryEmbedding(slots) ┤
+                      └─► Gather(slots [0,min(S,T)) ∪ [max(S,T-W),T)) ─► present_key      │
+    v ─► Reshape/Transpose ─► Concat(past_value) = v_all ─► the same two Gathers ──────────┤
                                          Attention(q, keys, values, streaming mask) ◄──────┘
                                              └─► Transpose/Reshape (B,n,H·D) ─► o_proj
 
@@ -101,27 +101,30 @@ class _StepIndices:
         self.sinks = b.const("sinks", i64([options.sink_tokens]))
         self.window = b.const("window", i64([options.window]))
         zero, one = b.const("zero", i64([0])), b.const("one", i64([1]))
-        self.axis2 = b.const("axis2", i64([2]))
         batch = b.op("Shape", [input_ids], "batch", start=0, end=1)
         n = b.op("Shape", [input_ids], "new_tokens", start=1, end=2)
         past = b.op("Shape", [past_key], "cached_tokens", start=2, end=3)
         self.total = b.op("Add", [past, n], "total_tokens")  # T (1,)
-        self.zero = zero
-        # The cache keeps slots [0, min(S, T)) and [max(S, T - W), T).
-        self.head_end = b.op("Min", [self.total, self.sinks], "sink_end")
-        self.tail_start = b.op("Max", [self.sinks, b.op("Sub", [self.total, self.window], "tail_from")], "window_start")
+        scalar = lambda v, name: b.op("Squeeze", [v], name)  # noqa: E731
+        # The cache keeps slots [0, min(S, T)) and [max(S, T - W), T): one Gather index for every layer's K and V.
+        head_end = b.op("Min", [self.total, self.sinks], "sink_end")
+        tail_start = b.op("Max", [self.sinks, b.op("Sub", [self.total, self.window], "tail_from")], "window_start")
+        one_s = scalar(one, "one_scalar0")
+        self.kept_index = b.op("Concat", [
+            b.op("Range", [scalar(zero, "zero_scalar0"), scalar(head_end, "sink_end_scalar"), one_s], "sink_slots"),
+            b.op("Range", [scalar(tail_start, "window_start_scalar"), scalar(self.total, "total_scalar0"), one_s],
+                 "window_slots")], "kept_index", axis=0)  # (min(T, S + W),)
         # e = 1 when the cache arrived full: its oldest window slot (index S) is already out of every query's
         # window, so attention reads the T - e keys without it and their positions stay below S + W + n - 1.
         arrived_full = b.op("Sub", [b.op("Add", [past, one], "past_plus_one"), b.const("slots", i64([options.cache_slots]))],
                             "over_capacity")
         shift = b.op("Max", [arrived_full, zero], "shift")
-        self.attended_from = b.op("Add", [self.sinks, shift], "attended_from")  # k_all[S + e:] after the sinks
         attended = b.op("Sub", [self.total, shift], "attended_tokens")  # T - e
-        scalar = lambda v, name: b.op("Squeeze", [v], name)  # noqa: E731
         slot = b.op("Range", [scalar(zero, "zero_scalar"), scalar(attended, "attended_scalar"),
                               scalar(one, "one_scalar")], "slot")  # (T - e,) = each attended key's position
         is_sink = b.op("Less", [slot, self.sinks], "is_sink")
         k_index = b.op("Where", [is_sink, slot, b.op("Add", [slot, shift], "slot_shifted")], "k_index")  # in k_all
+        self.k_index = k_index
         q_index = b.op("Add", [b.op("Range", [scalar(zero, "zero_scalar2"), scalar(n, "n_scalar"),
                                               scalar(one, "one_scalar2")], "q_range"), past], "q_index")  # (n,)
         q_pos = b.op("Sub", [q_index, shift], "q_position")
@@ -159,18 +162,13 @@ class _StepIndices:
             visible = b.op("And", [visible, in_window], f"{tag}/model_window")
         return b.op("Or", [visible, b.op("Equal", [self.kj, self.qi], f"{tag}/diagonal")], f"{tag}/mask")
 
-    def _sinks_and(self, b: NodeBuilder, everything: ir.Value, start: ir.Value, name: str) -> ir.Value:
-        sinks = b.op("Slice", [everything, self.zero, self.head_end, self.axis2], f"{name}/sinks")
-        rest = b.op("Slice", [everything, start, self.total, self.axis2], f"{name}/rest")
-        return b.op("Concat", [sinks, rest], f"{name}/Concat", axis=2)
-
     def evict(self, b: NodeBuilder, everything: ir.Value, name: str) -> ir.Value:
         """k_all (B, Hkv, T, D) -> the kept cache (B, Hkv, min(T, S + W), D)."""
-        return self._sinks_and(b, everything, self.tail_start, f"{name}/present")
+        return b.op("Gather", [everything, self.kept_index], f"{name}/present", axis=2)
 
     def attended(self, b: NodeBuilder, everything: ir.Value, name: str) -> ir.Value:
         """k_all (B, Hkv, T, D) -> the keys attention reads (B, Hkv, T - e, D)."""
-        return self._sinks_and(b, everything, self.attended_from, f"{name}/attended")
+        return b.op("Gather", [everything, self.k_index], f"{name}/attended", axis=2)
 
 
 class StreamingAttentionPass(GraphPass):
