@@ -159,7 +159,7 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
         recorder = _PredictionRecorder(scorer)
         ppl = perplexity(text_ids, recorder, scorer.context_length).perplexity
         acc = accuracy(items, tokenizer.encode, scorer.continuation_logprobs).accuracy
-        speed, size = None, sum(f.stat().st_size for f in model.glob("*.safetensors")) / 1e6
+        speed, size = None, sum(f.stat().st_size for f in model.glob("model*.safetensors")) / 1e6
         if directory is not None:
             report(f"generating with {name}")
             speed, tokens = _decode_speed(directory, prompts, new_tokens)
