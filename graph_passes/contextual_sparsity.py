@@ -43,10 +43,10 @@ from typing import Optional
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir import tape
 
 from planforge.errors import InvalidSparsityError, PredictorError
-from planforge.graph_passes.pipeline import GraphPass
+from planforge.graph_passes.node_builder import BranchBuilder
+from planforge.graph_passes.pipeline import GraphPass, ancestors, descendants
 
 # Ops allowed between the gate/up outputs and the down_proj input (they must be elementwise).
 ELEMENTWISE = {"Sigmoid", "Mul", "Relu", "Gelu", "Tanh", "Add", "Sub", "Div", "Erf", "Pow", "Softplus",
@@ -208,7 +208,7 @@ class ContextualSparsityPass(GraphPass):
         layer.x_out = after[0].outputs[0]
         starts = {mlp[r].out for r in mlp if r != "down_proj"}
         hidden_producer = down.matmul.inputs[0].producer()
-        between = _ancestors([hidden_producer]) & _descendants(starts)
+        between = ancestors([hidden_producer]) & descendants(starts)
         layer.middle = [n for n in graph if n in between]
         if not layer.middle or any(n.op_type not in ELEMENTWISE for n in layer.middle):
             self.refuse(f"{where}: the MLP activation is not elementwise "
@@ -239,7 +239,7 @@ class ContextualSparsityPass(GraphPass):
                 stop = [layer.x_mid.producer()]
             else:
                 stop = [layer.q.matmul.inputs[0].producer(), *(v.producer() for v in attn.inputs[1:] if v is not None)]
-            inside = _ancestors([layer.x_out.producer()]) - _ancestors([n for n in stop if n is not None])
+            inside = ancestors([layer.x_out.producer()]) - ancestors([n for n in stop if n is not None])
             layer.region = [n for n in graph if n in inside]
         rewrite = [layer for layer in layers if (heads_on and layer.index > 0) or mlp_on]
         if not rewrite:
@@ -253,7 +253,7 @@ class ContextualSparsityPass(GraphPass):
 
     def _predictor(self, graph: ir.Graph, layer0: _Layer):
         """Predictor nodes on layer 0's attention output -> (head indices, neuron indices, is_decode, nodes)."""
-        b = _Emitter(graph, "/sparsity/predictor")
+        b = BranchBuilder(graph, "/sparsity/predictor")
         t, d = self.predictor.tensors, self.dims
         L, H, F = d.num_layers, d.num_heads, d.intermediate_size
         x = layer0.o.out
@@ -297,7 +297,7 @@ class ContextualSparsityPass(GraphPass):
         sparse_mlp = neuron_idx is not None
 
         # then: decode
-        b = _Emitter(graph, f"{prefix}/decode")
+        b = BranchBuilder(graph, f"{prefix}/decode")
         vmap: dict = {}
         if sparse_heads:
             vmap.update(self._decode_attention(b, layer, head_idx))
@@ -312,7 +312,7 @@ class ContextualSparsityPass(GraphPass):
         then_graph = ir.Graph([], [vmap[v] for v in outputs], nodes=b.nodes, name=f"{prefix}/decode")
 
         # else: dense, masked per token
-        b = _Emitter(graph, f"{prefix}/dense")
+        b = BranchBuilder(graph, f"{prefix}/dense")
         vmap = {}
         masked = {}
         if sparse_heads:
@@ -336,7 +336,7 @@ class ContextualSparsityPass(GraphPass):
         ir.convenience.replace_all_uses_with(outputs, list(if_node.outputs))
         graph.remove(layer.region, safe=True)
 
-    def _apply_mask(self, b: "_Emitter", value: ir.Value, kind: str, indices: ir.Value, layer: int, units: int,
+    def _apply_mask(self, b: BranchBuilder, value: ir.Value, kind: str, indices: ir.Value, layer: int, units: int,
                     dtype: ir.DataType):
         """value (B, S, units*w) in ``dtype`` -> the unselected units' slices zeroed (mask from the top-k indices)."""
         np_dtype = dtype.numpy()
@@ -355,7 +355,7 @@ class ContextualSparsityPass(GraphPass):
         return b.op("Reshape", [b.op("Mul", [split, mask4], "heads/Mul"),
                                 b.const("heads.merge", np.array([0, 0, units * hd]))], "heads/merge")
 
-    def _decode_attention(self, b: "_Emitter", layer: _Layer, head_idx: ir.Value) -> dict:
+    def _decode_attention(self, b: BranchBuilder, layer: _Layer, head_idx: ir.Value) -> dict:
         """Selected heads only, S == 1 -> {o_proj output, present K, present V}: their replacements."""
         d = self.dims
         hd, group = d.head_dim, d.num_heads // d.num_kv_heads
@@ -407,7 +407,7 @@ class ContextualSparsityPass(GraphPass):
             o = b.op("Add", [o, layer.o.bias], "o/BiasAdd")
         return {layer.o.out: o, attn.outputs[1]: pk, attn.outputs[2]: pv}
 
-    def _decode_mlp(self, b: "_Emitter", layer: _Layer, neuron_idx: ir.Value, vmap: dict) -> ir.Value:
+    def _decode_mlp(self, b: BranchBuilder, layer: _Layer, neuron_idx: ir.Value, vmap: dict) -> ir.Value:
         """Selected neurons only, S == 1 -> down_proj's output (B, 1, d)."""
         idx = b.op("Gather", [neuron_idx, b.const("layer_n", np.array(layer.index))], "neurons/Gather", axis=2)
         idx = b.op("Reshape", [idx, b.const("flat2n", np.array([0, -1]))], "neurons/idx")  # (B, kn)
@@ -439,77 +439,3 @@ class ContextualSparsityPass(GraphPass):
         if down.bias is not None:
             y = b.op("Add", [y, down.bias], "down/BiasAdd")
         return y
-
-
-class _Emitter:
-    """Nodes for one branch (on a tape) and their constants (initializers of the main graph)."""
-
-    def __init__(self, graph: ir.Graph, prefix: str):
-        self.graph, self.prefix, self.tape = graph, prefix, tape.Tape()
-        self.nodes: list[ir.Node] = []  # in creation order (tape ops and clones)
-        self._names: dict[str, int] = {}
-
-    def _unique(self, name: str) -> str:
-        n = self._names.get(name, 0)
-        self._names[name] = n + 1
-        return name if n == 0 else f"{name}_{n}"
-
-    def const(self, name: str, array: np.ndarray, raw_name: bool = False) -> ir.Value:
-        array = np.asarray(array)
-        if array.dtype.kind in "iu":
-            array = array.astype(np.int64)
-        full = name if raw_name else f"{self.prefix}/{name}"
-        existing = self.graph.initializers.get(full)
-        if existing is not None:
-            return existing
-        tensor = ir.tensor(np.require(array, requirements="C"), name=full)  # keeps 0-d arrays 0-d
-        value = ir.Value(name=full, const_value=tensor, type=ir.TensorType(tensor.dtype), shape=tensor.shape)
-        self.graph.register_initializer(value)
-        return value
-
-    def op(self, op_type: str, inputs: list, name: str, num_outputs: int = 1, **attributes):
-        node_name = self._unique(f"{self.prefix}/{name}")
-        if num_outputs == 1:
-            out = self.tape.op(op_type, inputs, attributes or None, name=node_name)
-            out.name = f"{node_name}_output"
-            self.nodes.append(out.producer())
-            return out
-        outs = self.tape.op_multi_out(op_type, inputs, attributes or None, num_outputs=num_outputs, name=node_name)
-        self.nodes.append(outs[0].producer())
-        for i, out in enumerate(outs):
-            out.name = f"{node_name}_output_{i}"
-        return outs
-
-    def clone(self, node: ir.Node, vmap: dict) -> ir.Node:
-        inputs = [None if v is None else vmap.get(v, v) for v in node.inputs]
-        attrs = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
-        name = self._unique(f"{self.prefix}/{node.name}")
-        new = ir.Node(node.domain, node.op_type, inputs, attrs, num_outputs=len(node.outputs), name=name,
-                      version=node.version, overload=node.overload)
-        for old, out in zip(node.outputs, new.outputs):
-            out.name, out.type, out.shape = f"{self.prefix}/{old.name}", old.type, old.shape
-            vmap[old] = out
-        self.nodes.append(new)
-        return new
-
-
-def _ancestors(nodes) -> set:
-    seen, stack = set(), [n for n in nodes if n is not None]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
-    return seen
-
-
-def _descendants(values) -> set:
-    seen, stack = set(), [u.node for v in values for u in v.uses()]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(u.node for out in node.outputs for u in out.uses())
-    return seen

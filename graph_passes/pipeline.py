@@ -28,6 +28,30 @@ def all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
                 yield from attr.value
 
 
+def ancestors(nodes) -> set:
+    """The given nodes and every node they depend on."""
+    seen, stack = set(), [n for n in nodes if n is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
+    return seen
+
+
+def descendants(values) -> set:
+    """Every node that (transitively) consumes one of the given values."""
+    seen, stack = set(), [u.node for v in values for u in v.uses()]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(u.node for out in node.outputs for u in out.uses())
+    return seen
+
+
 class GraphPass(ir.passes.InPlacePass):
     """Base class: subclasses set ``name`` and implement ``rewrite_graph`` (returns the sites rewritten)."""
 

@@ -97,7 +97,7 @@ class _StepIndices:
     def __init__(self, b: NodeBuilder, input_ids: ir.Value, past_key: ir.Value, attention_mask: ir.Value,
                  position_ids: ir.Value, options: StreamingOptions):
         i64 = lambda v: np.array(v, dtype=np.int64)  # noqa: E731
-        self.b, self.options = b, options
+        self.b = b
         self.sinks = b.const("sinks", i64([options.sink_tokens]))
         self.window = b.const("window", i64([options.window]))
         zero, one = b.const("zero", i64([0])), b.const("one", i64([1]))

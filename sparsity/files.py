@@ -1,4 +1,4 @@
-"""Atomic safetensors writes shared by the importance and predictor files."""
+"""Safetensors reads and atomic writes shared by the importance and predictor files."""
 
 from __future__ import annotations
 
@@ -35,3 +35,11 @@ def save_safetensors_atomic(path: Path, tensors: dict[str, np.ndarray], metadata
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, tensors) of a safetensors file; raises SafetensorError / OSError / ValueError for a bad one."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}

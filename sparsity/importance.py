@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from planforge.errors import CalibrationDataError, ImportanceFileError, TokenizerMissingError
-from planforge.sparsity.files import check_output_file, save_safetensors_atomic
+from planforge.sparsity.files import check_output_file, read_safetensors, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +184,14 @@ def save_importance(importance: Importance, path: Path) -> None:
 
 
 def load_importance(path: Path) -> Importance:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     path = Path(path)
     if not path.is_file():
         raise ImportanceFileError(f"importance file {path} does not exist. Write one with "
                                   "`planforge sparsity importance MODEL --calib TEXT -o FILE`.")
     try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta, tensors = read_safetensors(path)
         raw = json.loads(meta[METADATA_KEY])
         header = ImportanceHeader(**raw)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from planforge.errors import PredictorError, PredictorMismatchError, PredictorNotFoundError
-from planforge.sparsity.files import save_safetensors_atomic
+from planforge.sparsity.files import read_safetensors, save_safetensors_atomic
 
 PREDICTOR_FORMAT = "planforge-sparsity-predictor"
 PREDICTOR_VERSION = 1
@@ -120,16 +120,15 @@ class Predictor:
 
     @classmethod
     def load(cls, path) -> "Predictor":
-        from safetensors import SafetensorError, safe_open
+        from safetensors import SafetensorError
 
         path = Path(path)
         if not path.is_file():
             raise PredictorNotFoundError(f"sparsity predictor {path} does not exist. Train one with "
                                          "`planforge sparsity train-predictor`, or pass the right path.")
         try:
-            with safe_open(str(path), framework="np") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k).astype(np.float32) for k in f.keys()}
+            meta, tensors = read_safetensors(path)
+            tensors = {k: v.astype(np.float32) for k, v in tensors.items()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise PredictorError(f"{path} is not a readable safetensors file ({exc}). Retrain the predictor "
                                  "with `planforge sparsity train-predictor`.") from None
