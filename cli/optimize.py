@@ -18,6 +18,13 @@ class Quant(str, Enum):
     none = "none"
 
 
+class Embedding(str, Enum):
+    auto = "auto"
+    float = "float"
+    int8 = "int8"
+    int4 = "int4"
+
+
 class WeightMethod(str, Enum):
     rtn = "rtn"
     gptq = "gptq"
@@ -31,6 +38,7 @@ def command(
     int8_layers: Annotated[str, typer.Option(help="w4a4 only: comma-separated roles kept at W8A8 (q_proj ... down_proj), or none.")] = "down_proj",
     int8_outliers: Annotated[str, typer.Option(help="Outlier columns of the INT8 layers: a count or a fraction of their width.")] = "0",
     weight_method: Annotated[WeightMethod, typer.Option(help="rtn: round to nearest; gptq: GPTQ with act-order, outliers last (needs --calib).")] = WeightMethod.rtn,
+    embedding: Annotated[Embedding, typer.Option(help="Token-embedding table (and a tied LM head, which reads the same table): int4 (symmetric, one scale per 64 hidden units, clip search), int8 (one scale per row) or float. auto: the --quant scheme's weight bits (int4 for w4a4 and w4a16, int8 for w8a8; float with --quant none). Works with --quant none too.")] = Embedding.auto,
     clip_search: Annotated[bool, typer.Option(help="Search the weight clipping ratio per channel (1.00 to 0.81) for the least error.")] = True,
     calib: Annotated[Optional[Path], typer.Option(help="Calibration text file (needed for outliers and GPTQ).")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration windows to run, each --calib-seq-len tokens.")] = 32,
@@ -67,10 +75,10 @@ def command(
         streaming_options = StreamingOptions(sink_tokens, default_window if window is None else window)
     sparsity = (SparsityOptions(heads=sparsity_heads, mlp=sparsity_mlp, predictor=predictor)
                 if predictor is not None or sparsity_heads or sparsity_mlp else None)
-    _, reports = optimize(model, output, OptimizeOptions(quant=quant_options, calib=calib, calib_samples=calib_samples,
-                                                         calib_seq_len=calib_seq_len, force=force, sparsity=sparsity,
-                                                         streaming=streaming_options,
-                                                         show_progress=not quiet))
+    options = OptimizeOptions(quant=quant_options, calib=calib, calib_samples=calib_samples, calib_seq_len=calib_seq_len,
+                              embedding=None if embedding is Embedding.auto else embedding.value,
+                              sparsity=sparsity, streaming=streaming_options, force=force, show_progress=not quiet)
+    _, reports = optimize(model, output, options)
     for report in reports:
         typer.echo(f"{report.name}: {report.matches} rewritten")
     size = model_file_bytes(output)

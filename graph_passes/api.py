@@ -1,4 +1,6 @@
-"""``optimize()``: compiled model directory -> a new one with graph passes applied (quantization first).
+"""``optimize()``: compiled model directory -> a new one with graph passes applied.
+
+Pass order: contextual sparsity, linear quantization, embedding quantization, streaming.
 
 Everything that can fail (settings, weights, calibration, the rewrite) happens
 before OUT is written, and OUT is written atomically, so a failed run leaves
@@ -20,18 +22,20 @@ from planforge.atomic import atomic_output_dir
 from planforge.graph_passes.calibration import calibrate, calibration_samples
 from planforge.graph_passes.contextual_sparsity import ContextualSparsityPass, SparsityOptions
 from planforge.graph_passes.pipeline import PassReport, Pipeline
+from planforge.graph_passes.quantize_embedding import EmbeddingOptions, QuantizeEmbeddingPass, validate_embedding
 from planforge.graph_passes.quantize_linears import QuantizeLinearsPass
-from planforge.graph_passes.schemes import CalibrationError, QuantizationError, QuantOptions, format_for
+from planforge.graph_passes.schemes import SCHEMES, CalibrationError, QuantizationError, QuantOptions, format_for
 from planforge.graph_passes.streaming_attention import StreamingAttentionPass, StreamingConfigError, StreamingOptions
 from planforge.runtime.manifest import Manifest
 
-QUANT_PASSES = (QuantizeLinearsPass.name,)
+QUANT_PASSES = (QuantizeLinearsPass.name, QuantizeEmbeddingPass.name)
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 @dataclass(frozen=True)
 class OptimizeOptions:
-    quant: Optional[QuantOptions] = None  # None: no quantization ("--quant none")
+    quant: Optional[QuantOptions] = None  # None: no quantization of the linears ("--quant none")
+    embedding: Optional[str] = None  # float | int8 | int4; None: the scheme's weight bits (float without --quant)
     calib: Optional[Path] = None
     calib_samples: int = 32
     calib_seq_len: Optional[int] = None  # default: min(256, max_seq_len)
@@ -39,6 +43,18 @@ class OptimizeOptions:
     sparsity: Optional[SparsityOptions] = None  # None: dense (no contextual sparsity)
     force: bool = False
     show_progress: bool = False
+
+    @property
+    def embedding_storage(self) -> str:
+        """The token table's storage: explicit, else the scheme's weight bits (int4 for w4a4/w4a16, int8 for w8a8)."""
+        if self.embedding is not None:
+            validate_embedding(self.embedding)
+            return self.embedding
+        return "float" if self.quant is None else f"int{SCHEMES[self.quant.scheme].base.w_bits}"
+
+    @property
+    def quantizes(self) -> bool:
+        return self.quant is not None or self.embedding_storage != "float"
 
 
 def _check_source(model_dir: Path, manifest: Manifest, model: ir.Model) -> None:
@@ -112,20 +128,33 @@ def _sparsity_pass(model_dir: Path, manifest: Manifest, options: OptimizeOptions
     return ContextualSparsityPass(options.sparsity, predictor, manifest.linears, manifest.dims)
 
 
-def _passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress) -> list:
-    sparse = [] if options.sparsity is None else [_sparsity_pass(model_dir, manifest, options)]
-    streaming = [] if options.streaming is None else [_streaming_pass(model_dir, manifest, options.streaming)]
+def _linear_passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress) -> list:
     quant = options.quant
     if quant is None:
-        return sparse + streaming
+        return []
     quant.validate()
     for lin in manifest.linears:  # outlier counts against every layer's width, before any work
         format_for(quant, lin["role"], lin["in_features"])
     stats, calibration = (_calibration_stats(model_dir, manifest, options, progress) if quant.needs_calibration
                           else ({}, None))
     task = progress.add_task(f"quantize {quant.scheme} ({quant.weight_method})", total=len(manifest.linears))
-    return sparse + [QuantizeLinearsPass(quant, manifest.linears, stats, on_linear=lambda m: progress.advance(task),
-                                calibration=calibration)] + streaming
+    return [QuantizeLinearsPass(quant, manifest.linears, stats, on_linear=lambda m: progress.advance(task),
+                                calibration=calibration)]
+
+
+def _embedding_passes(options: OptimizeOptions, progress: Progress) -> list:
+    storage = options.embedding_storage
+    if storage == "float":
+        return []
+    task = progress.add_task(f"quantize embedding ({storage})", total=1)
+    return [QuantizeEmbeddingPass(EmbeddingOptions(storage), on_done=lambda: progress.advance(task))]
+
+
+def _passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress) -> list:
+    sparse = [] if options.sparsity is None else [_sparsity_pass(model_dir, manifest, options)]
+    streaming = [] if options.streaming is None else [_streaming_pass(model_dir, manifest, options.streaming)]
+    return (sparse + _linear_passes(model_dir, manifest, options, progress) + _embedding_passes(options, progress)
+            + streaming)
 
 
 def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOptions()
@@ -133,7 +162,7 @@ def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOpti
     model_dir = Path(model_dir)
     manifest = Manifest.load(model_dir)
     model = ir.load(str(model_dir / constants.MODEL_FILE))
-    if options.quant is not None:
+    if options.quantizes:
         _check_source(model_dir, manifest, model)
     progress = Progress(TextColumn("[bold]optimize[/] {task.description:<24}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), disable=not options.show_progress)
