@@ -1,6 +1,7 @@
 """The contextual-sparsity results table (docs/sparsity.md) on the shipped reference model.
 
     python samples/sparsity_results.py
+    python samples/sparsity_results.py --device cuda   # the full run: 234 s on one H100
 
 For heads only, MLP neurons only, and both, at 25%, 50% and 70% sparsity, evaluates the torch
 masked model (planforge/sparsity/masking.py, the reference the graph pass is tested against) with
@@ -18,6 +19,12 @@ Perplexity follows evaluation/perplexity.py (disjoint 256-token windows) on the 
 --ppl-tokens tokens of heldout.txt, the range the demo scores; accuracy follows
 evaluation/accuracy.py on accuracy.jsonl (each choice scored as context + choice).
 Calibration for the predictors is the last quarter of heldout.txt, which is never scored.
+
+``--device cuda`` runs the model, the importance backward passes and the predictors' forward on
+the GPU, with the same fp32 math: TF32 is disabled and attention uses PyTorch's plain-math SDPA
+backend (the fused fp32 kernel computes in 3xTF32), so only float rounding differs from the CPU.
+The l2 predictor is still trained on the CPU (sparsity/training.py), from labels computed on the
+GPU; training amplifies their rounding, so its cells can move more than the others (docs/sparsity.md).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -97,33 +106,45 @@ def oracle_scores(model, ids, lengths):
 
 def all_logits(model, methods, ids, lengths):
     """{"dense" | (method, target, f): logits (B, S, V) as numpy} for one batch of sequences."""
-    out = {"dense": masked_logits(model, ids, None, None).numpy()}
+    out = {"dense": masked_logits(model, ids, None, None).cpu().numpy()}
     for method in methods:
         state = method.prepare(model, ids, lengths)
         for target, f in CONFIGS:
-            out[(method.name, target, f)] = method.logits(model, ids, state, *split(target, f)).numpy()
+            out[(method.name, target, f)] = method.logits(model, ids, state, *split(target, f)).cpu().numpy()
     return out
 
 
+def choice_scores(logits, seqs, conts) -> list[float]:
+    """logits (B, S, V) of right-padded context + choice rows -> each choice's summed log-probability."""
+    return [float(gather_logprobs(logits[r, :len(s)], s)[-len(c):].sum()) for r, (s, c) in enumerate(zip(seqs, conts))]
+
+
 def evaluate_all(model, methods, text_ids, items, encode, context, progress):
-    """Per-config perplexity and accuracy, with every sequence's methods prepared once."""
+    """Per-config perplexity and accuracy, with every sequence's methods prepared once.
+
+    The 28 log-softmaxes of a sequence (numpy, float64) run on a thread pool: on a GPU they would
+    otherwise take about as long as the forwards. Each is the same call as in a serial loop.
+    """
     spans = windows(len(text_ids), context, context)
     window_lp, item_scores = {}, {}
-    for begin, end, _ in spans:
-        ids = text_ids[begin:end]
-        for key, logits in all_logits(model, methods, torch.from_numpy(ids)[None], None).items():
-            window_lp[(key, ids.tobytes())] = gather_logprobs(logits[0], ids)
-        progress()
-    for n, item in enumerate(items):
-        ctx = np.array(encode(item["context"], True), dtype=np.int64)
-        conts = [np.array(encode(c, False), dtype=np.int64) for c in item["choices"]]
-        keep = context - max(len(c) for c in conts)
-        seqs = [np.concatenate([ctx[-keep:], c]) for c in conts]
-        lengths = [len(s) for s in seqs]
-        for key, logits in all_logits(model, methods, torch.from_numpy(right_pad(seqs)), lengths).items():
-            item_scores[(key, ctx.tobytes(), tuple(c.tobytes() for c in conts))] = [
-                float(gather_logprobs(logits[r, :len(s)], s)[-len(c):].sum()) for r, (s, c) in enumerate(zip(seqs, conts))]
-        progress()
+    with ThreadPoolExecutor() as pool:
+        for begin, end, _ in spans:
+            ids = text_ids[begin:end]
+            logits = all_logits(model, methods, torch.from_numpy(ids)[None], None)
+            lps = pool.map(gather_logprobs, [x[0] for x in logits.values()], repeat(ids))
+            window_lp.update({(key, ids.tobytes()): lp for key, lp in zip(logits, lps)})
+            progress()
+        for n, item in enumerate(items):
+            ctx = np.array(encode(item["context"], True), dtype=np.int64)
+            conts = [np.array(encode(c, False), dtype=np.int64) for c in item["choices"]]
+            keep = context - max(len(c) for c in conts)
+            seqs = [np.concatenate([ctx[-keep:], c]) for c in conts]
+            lengths = [len(s) for s in seqs]
+            logits = all_logits(model, methods, torch.from_numpy(right_pad(seqs)), lengths)
+            scores = pool.map(choice_scores, logits.values(), repeat(seqs), repeat(conts))
+            item_key = (ctx.tobytes(), tuple(c.tobytes() for c in conts))
+            item_scores.update({(key, *item_key): score for key, score in zip(logits, scores)})
+            progress()
     results = {}
     for key in ["dense"] + [(m.name, t, f) for m in methods for t, f in CONFIGS]:
         ppl = perplexity(text_ids, lambda w: window_lp[(key, w.tobytes())], context).perplexity
@@ -145,6 +166,16 @@ def markdown(results, methods, ppl_tokens, items) -> str:
     return "\n".join(lines)
 
 
+def plain_fp32_on_cuda() -> None:
+    """CUDA settings that keep the math the CPU's fp32, so the results differ from it by rounding only."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    # fp32 SDPA would otherwise take the memory-efficient kernel, which multiplies in 3xTF32
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REFERENCE_MODEL, help="model dir with heldout.txt, accuracy.jsonl")
@@ -155,12 +186,31 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64, help="calibration windows for the l2 per-layer predictor")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
     parser.add_argument("--epochs", type=int, default=10, help="epochs for the l2 per-layer predictor")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for the model, the importance and the predictors' forward: cpu (default) "
+                             "or cuda / cuda:N (fp32 with TF32 off; predictor training stays on the CPU)")
     args = parser.parse_args()
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device {args.device!r} is not a torch device ({exc})")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device} was requested but CUDA is not available "
+                     f"(torch {torch.__version__} sees no GPU); run on a GPU machine or use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     from rich.progress import Progress
 
     start = time.perf_counter()
+    if device.type == "cuda":
+        plain_fp32_on_cuda()
+    where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+    print(f"device: {where}, torch {torch.__version__}", flush=True)
     torch.manual_seed(0)
-    model, hf_tokenizer, tokenizer = load_model(args.model), load_tokenizer(args.model), Tokenizer(args.model)
+    model = load_model(args.model).to(device)
+    hf_tokenizer, tokenizer = load_tokenizer(args.model), Tokenizer(args.model)
     single = Predictor.load(args.predictor or args.model / "sparsity_predictor.safetensors")
     print(f"training the l2 + per-layer predictor ({args.samples} windows, {args.epochs} epochs) ...", flush=True)
     trained = reference_predictor(model, hf_tokenizer, calibration_text(args.model), "l2", "per_layer",

@@ -79,12 +79,14 @@ def window_importance(hf_model, input_ids, criterion: str, lengths=None, keep_la
 
     ``lengths`` (B,): rows are right-padded, and the loss ignores predictions past each row's end.
     ``keep_last``: return all B*S tokens (the last one of each row scores 0 by the first-order criteria).
+    Runs on the model's device (``input_ids`` are moved there); the returned tensors stay there.
     """
     import torch
 
-    from planforge.sparsity.masking import activation_hooks
+    from planforge.sparsity.masking import activation_hooks, model_device
 
     assert criterion in CRITERIA, criterion
+    input_ids = torch.as_tensor(input_ids).to(model_device(hf_model))
     acts: dict[tuple[str, int], torch.Tensor] = {}
     layer_inputs: list[torch.Tensor] = []
 
@@ -106,7 +108,8 @@ def window_importance(hf_model, input_ids, criterion: str, lengths=None, keep_la
             logits = hf_model(input_ids=input_ids, use_cache=False).logits  # (B, S, V)
             targets = input_ids[:, 1:].clone()  # (B, S-1)
             if lengths is not None:
-                targets[torch.arange(targets.shape[1])[None] >= torch.as_tensor(lengths)[:, None] - 1] = -100
+                positions = torch.arange(targets.shape[1], device=targets.device)[None]  # (1, S-1)
+                targets[positions >= torch.as_tensor(lengths, device=targets.device)[:, None] - 1] = -100
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
                                                      reduction="sum", ignore_index=-100)
             loss.backward()
@@ -167,7 +170,7 @@ def compute_importance(hf_model, windows: np.ndarray, criterion: str, model_name
     for start in range(0, len(windows), batch):
         out = window_importance(hf_model, torch.from_numpy(windows[start:start + batch]), criterion)
         for key, value in out.items():
-            parts.setdefault(key, []).append(value.float().numpy())
+            parts.setdefault(key, []).append(value.float().cpu().numpy())
         on_batch(min(start + batch, len(windows)), len(windows))
     tensors = {key: np.concatenate(value) for key, value in parts.items()}
     W, S = windows.shape

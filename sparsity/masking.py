@@ -5,7 +5,8 @@ MLP neuron's ``act(gate) * up`` is zeroed before ``down_proj``; K and V are alwa
 the KV cache is complete whatever the selection. The ONNX graph pass must equal this.
 
 Implemented with forward pre-hooks on ``o_proj`` / ``down_proj`` of the transformers model, so
-the model code itself is untouched.
+the model code itself is untouched. The functions run on the model's device: ``input_ids`` are
+moved there, and the returned tensors stay there (``.cpu()`` them before ``.numpy()``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def activation_hooks(hf_model, on_heads: Optional[ActivationFn], on_neurons: Opt
             handle.remove()
 
 
+def model_device(hf_model) -> torch.device:
+    """The device of the model's parameters (where its inputs must be)."""
+    return next(hf_model.parameters()).device
+
+
 def top_k_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """scores (..., n) -> bool mask (..., n) keeping k = max(1, int(n*(1-sparsity)+0.5)) highest."""
     assert 0.0 <= sparsity < 1.0, sparsity
@@ -95,8 +101,9 @@ def masked_logits(hf_model, input_ids: torch.Tensor, head_mask: Optional[torch.T
     B, S = input_ids.shape
     _check_mask(head_mask, (dims.num_layers, B, S, dims.num_heads), "head")
     _check_mask(neuron_mask, (dims.num_layers, B, S, dims.intermediate_size), "neuron")
-    on_heads = None if head_mask is None else (lambda l, a: a * head_mask[l, ..., None].to(a.dtype))
-    on_neurons = None if neuron_mask is None else (lambda l, a: a * neuron_mask[l].to(a.dtype))
+    input_ids = input_ids.to(model_device(hf_model))
+    on_heads = None if head_mask is None else (lambda l, a: a * head_mask[l, ..., None].to(a.device, a.dtype))
+    on_neurons = None if neuron_mask is None else (lambda l, a: a * neuron_mask[l].to(a.device, a.dtype))
     with activation_hooks(hf_model, on_heads, on_neurons):
         return hf_model(input_ids=input_ids, use_cache=False).logits  # (B, S, V)
 
@@ -109,6 +116,7 @@ class _Stop(Exception):
 def layer0_attention_output(hf_model, input_ids: torch.Tensor) -> torch.Tensor:
     """input_ids (B, S) -> layer 0's o_proj output (B, S, d), the single predictor's input (dense)."""
     sparse_dims(hf_model)
+    input_ids = input_ids.to(model_device(hf_model))
     captured = {}
 
     def hook(module, args, output):
@@ -146,6 +154,7 @@ def per_layer_predicted_logits(hf_model, predictor, input_ids: torch.Tensor, hea
     Layer 0's heads stay dense, as with the single predictor, so the two are compared fairly.
     """
     dims = sparse_dims(hf_model)
+    input_ids = input_ids.to(model_device(hf_model))
     masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def predict(layer):

@@ -158,22 +158,36 @@ class Predictor:
                 "the sparsity predictor was trained for another model: " + ", ".join(wrong)
                 + ". Train a predictor for this model with `planforge sparsity importance` and `train-predictor`.")
 
+    def _tensor(self, name: str, device):
+        """``tensors[name]`` as a torch tensor on ``device``: a zero-copy view on CPU, else a cached copy."""
+        import torch
+
+        array = self.tensors[name]
+        if torch.device(device).type == "cpu":
+            return torch.from_numpy(array)
+        cache = self.__dict__.setdefault("_device_tensors", {})  # load() bypasses __init__
+        key = (name, str(device))
+        if key not in cache or cache[key][0] is not array:  # refreshed if the array was replaced
+            cache[key] = (array, torch.from_numpy(array).to(device))
+        return cache[key][1]
+
     def _mlp(self, prefix: str, z):
         import torch
 
-        t = {k: torch.from_numpy(self.tensors[f"{prefix}.{k}"]) for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")}
+        t = {k: self._tensor(f"{prefix}.{k}", z.device) for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")}
         hidden = torch.relu(z @ t["fc1.weight"].T + t["fc1.bias"])  # (N, h)
         return hidden @ t["fc2.weight"].T + t["fc2.bias"]  # (N, out)
 
     def _normalize(self, prefix: str, x):
-        import torch
-
-        mean = torch.from_numpy(self.tensors[f"{prefix}input_mean"])
-        std = torch.from_numpy(self.tensors[f"{prefix}input_std"])
+        mean = self._tensor(f"{prefix}input_mean", x.device)
+        std = self._tensor(f"{prefix}input_std", x.device)
         return (x.float() - mean) / std
 
     def scores_torch(self, x):
-        """Single kind: x (N, d) layer-0 attention outputs -> (heads (N, L, H), neurons (N, L, F))."""
+        """Single kind: x (N, d) layer-0 attention outputs -> (heads (N, L, H), neurons (N, L, F)).
+
+        The scores are on ``x``'s device (the weights are copied there once and cached).
+        """
         h = self.header
         assert h.kind == "single", "scores_torch is for the single predictor; use layer_scores_torch"
         assert x.ndim == 2 and x.shape[1] == h.hidden_size, x.shape

@@ -49,3 +49,15 @@ def test_bench_streaming_keeps_the_streaming_cache_constant(tiny_model, stream_t
     full = [r for r in rows if "full cache" in r[3]]
     assert [r[4].strip() for r in streaming] == ["256", "256"], proc.stdout
     assert [r[4].strip() for r in full] == ["258", "514"], proc.stdout
+
+
+def test_sparsity_results_refuses_cuda_without_a_gpu():
+    from tests.conftest import _cuda_available
+
+    if _cuda_available():
+        pytest.skip("CUDA is available: --device cuda would start the full run")
+    proc = subprocess.run([sys.executable, str(ROOT / "samples" / "sparsity_results.py"), "--device", "cuda"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr  # argparse's parser.error, before any model is loaded
+    assert "--device cuda was requested but CUDA is not available" in proc.stderr, proc.stderr
+    assert not proc.stdout, proc.stdout

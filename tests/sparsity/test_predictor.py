@@ -48,6 +48,20 @@ def test_scores_match_a_manual_forward():
     np.testing.assert_allclose(heads[:, 1, 3].numpy(), h[:, 1 * 4 + 3], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["single", "per_layer"])
+def test_scores_follow_the_input_device(kind):
+    """Weights go to the input's device once (cached); "meta" stands in for a GPU on CPU-only CI."""
+    pred = random_predictor(kind)
+    score = (lambda x: pred.scores_torch(x)) if kind == "single" else (lambda x: pred.layer_scores_torch(1, x))
+    heads, neurons = score(torch.randn(5, 16, device="meta"))
+    assert heads.device.type == neurons.device.type == "meta"
+    assert heads.shape[0] == neurons.shape[0] == 5 and heads.shape[-1] == 4 and neurons.shape[-1] == 24
+    cached = {k: v[1] for k, v in pred._device_tensors.items()}
+    score(torch.randn(5, 16, device="meta"))
+    assert all(pred._device_tensors[k][1] is v for k, v in cached.items())  # copied once, not per call
+    assert score(torch.randn(5, 16))[0].device.type == "cpu"
+
+
 def test_fp16_file_loads_as_fp32(tmp_path):
     pred = random_predictor()
     pred.save(tmp_path / "p.safetensors", dtype="fp16")
