@@ -61,3 +61,12 @@ def test_sparsity_results_refuses_cuda_without_a_gpu():
     assert proc.returncode == 2, proc.stderr  # argparse's parser.error, before any model is loaded
     assert "--device cuda was requested but CUDA is not available" in proc.stderr, proc.stderr
     assert not proc.stdout, proc.stdout
+
+
+def test_bench_gather_gemv_runs_and_checks_its_math():
+    proc = subprocess.run([sys.executable, str(ROOT / "samples" / "bench_gather_gemv.py"), "--hidden", "64",
+                           "--intermediate", "96", "--calls", "3", "--keep", "0.5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0][2:] for r in rows[1:]] == ["dense", "gathered 50%"] and "| 48 |" in rows[2]
