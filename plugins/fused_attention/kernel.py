@@ -220,14 +220,18 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 def default_num_splits(batch_kv_heads: int, smax: int, device) -> int:
-    """Enough chunks for about four programs per SM, none shorter than 256 keys."""
+    """Enough chunks for about one program per SM, none shorter than 256 keys.
+
+    H100 sweep (samples/tuning/sweep_decode.py): B=16, 8 kv heads, 4k keys is fastest at 2 splits
+    (106 us; 114 us at the 5 that four programs per SM gave), B=1 at 32k keys at 16 (62 us; 66 us at 66).
+    """
     sms = 132 if interpreting() else torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton_cdiv(4 * sms, batch_kv_heads), triton_cdiv(smax, 256)))
+    return max(1, min(triton_cdiv(sms, batch_kv_heads), triton_cdiv(smax, 256)))
 
 
 # (BLOCK_N, num_warps, num_stages) of the split kernel: fixed (autotuning it gave a different
-# pick from run to run for one long sequence, up to 1.5x apart)
-DECODE_CONFIG = (64, 4, 4)
+# pick from run to run for one long sequence, up to 1.5x apart); the sweep's best for both cases
+DECODE_CONFIG = (64, 4, 3)
 
 
 def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 0,

@@ -230,7 +230,7 @@ def quik_gemv_kernel(X, PERM, XQ, SX, ZX, XO, WQ, SW, WSUM, WO, Y, N, KB, KO, sw
 # (BLOCK_N, BLOCK_K, num_warps, num_stages), fixed, not autotuned (H100 sweep): the M = 1
 # kernel fed by QuikQuantize, the same kernel quantizing in place, the tensor-core kernel at 1 < M <= 16
 GEMV_CONFIG = (8, 512, 4, 3)
-SMALL_M_CONFIG = (64, 128, 4, 4)
+SMALL_M_CONFIG = (32, 128, 4, 4)  # samples/tuning/sweep_w4a4.py m16: best of 192 on all three 7B shapes
 # linear() on one token: one launch (quantize inside the GEMV) or QuikQuantize + GEMV
 FUSE_M1 = True
 

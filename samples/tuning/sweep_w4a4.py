@@ -5,7 +5,8 @@
     python samples/tuning/sweep_w4a4.py m16      # M = 16 tensor-core kernel
 
 Prints cuBLAS BF16 and the shipped kernel.linear per shape, then every tile's time and its error
-relative to kernel.linear's output, and the six best tiles; stops starting new tiles after 420 s.
+relative to kernel.linear's output, and the six best tiles; stops starting new tiles after
+BUDGET_S seconds (second argument, default 420).
 """
 import itertools
 import sys
@@ -15,6 +16,7 @@ import triton
 from triton.testing import do_bench_cudagraph
 from planforge.plugins.w4a4_gemm import kernel as K, outlier_permutation, quantize_weights
 which = sys.argv[1]
+budget_s = float(sys.argv[2]) if len(sys.argv) > 2 else 420.0
 bg = lambda fn: do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
 t_start = time.time()
 shapes = [(4096, 4096), (11008, 4096), (4096, 11008)]
@@ -40,7 +42,9 @@ elif which == "fused":
 else:
     space = itertools.product([16, 32, 64, 128], [64, 128, 256, 512], [2, 4, 8], [2, 3, 4, 5])
 for cfg in space:
-    if time.time() - t_start > 420: print("time budget hit"); break
+    if time.time() - t_start > budget_s:
+        print("time budget hit")
+        break
     row = []
     try:
         for (n, k), (w, W, x, xq, sx, zx, xo, ref, t_cublas) in data.items():
