@@ -33,12 +33,12 @@ class WeightMethod(str, Enum):
 def command(
     model: Annotated[Path, typer.Argument(help="Compiled model directory (the output of `planforge export`, fp32 or fp16).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to create with the optimized model.onnx, planforge.json and the tokenizer.")],
-    quant: Annotated[Optional[Quant], typer.Option(help="w4a4: QUIK 4-bit weights and activations with float outlier columns; w8a8: INT8 per-channel weights, per-token activations; w4a16: INT4 weights in blocks of 128; none: no quantization. Default: w4a4, or none when --streaming or --sparsity-* is given.")] = None,
+    quant: Annotated[Optional[Quant], typer.Option(help="w4a4: QUIK 4-bit weights and activations with float outlier columns; w8a8: INT8 per-channel weights, per-token activations; w4a16: INT4 weights in blocks of 128; none: no quantization of the linears (the token table follows --embedding). Default: w4a4, or none when --streaming or --sparsity-* is given.")] = None,
     outliers: Annotated[Optional[str], typer.Option(help="Input columns per linear kept in float, by calibration max|x|: a count (16) or a fraction of the layer width (0.03). Default: 0.03 for w4a4, 0 otherwise.")] = None,
     int8_layers: Annotated[str, typer.Option(help="w4a4 only: comma-separated roles kept at W8A8 (q_proj ... down_proj), or none.")] = "down_proj",
     int8_outliers: Annotated[str, typer.Option(help="Outlier columns of the INT8 layers: a count or a fraction of their width.")] = "0",
     weight_method: Annotated[WeightMethod, typer.Option(help="rtn: round to nearest; gptq: GPTQ with act-order, outliers last (needs --calib).")] = WeightMethod.rtn,
-    embedding: Annotated[Embedding, typer.Option(help="Token-embedding table (and a tied LM head, which reads the same table): int4 (symmetric, one scale per 64 hidden units, clip search), int8 (one scale per row) or float. auto: the --quant scheme's weight bits (int4 for w4a4 and w4a16, int8 for w8a8; float with --quant none). Works with --quant none too.")] = Embedding.auto,
+    embedding: Annotated[Embedding, typer.Option(help="Token-embedding table (and a tied LM head, which reads the same table): int4 (symmetric, one scale per 64 hidden units, clip search), int8 (one scale per row) or float. auto: when the LM head is tied to the table, the --quant scheme's weight bits (int4 for w4a4 and w4a16, int8 for w8a8); otherwise, and with --quant none, float (an untied table would be dequantized whole at every step). An explicit int4/int8 also quantizes untied tables and works with --quant none; the clip search follows --clip-search.")] = Embedding.auto,
     clip_search: Annotated[bool, typer.Option(help="Search the weight clipping ratio per channel (1.00 to 0.81) for the least error.")] = True,
     calib: Annotated[Optional[Path], typer.Option(help="Calibration text file (needed for outliers and GPTQ).")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration windows to run, each --calib-seq-len tokens.")] = 32,
@@ -52,7 +52,7 @@ def command(
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (only when the run succeeds).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
-    """Apply graph passes to a compiled model: W4A4 (QUIK, with float outliers), W8A8 or W4A16 quantization; contextual sparsity (--sparsity-heads/--sparsity-mlp with --predictor)."""
+    """Apply graph passes to a compiled model: W4A4 (QUIK, with float outliers), W8A8 or W4A16 quantization of the linears and of the token-embedding table (--embedding); contextual sparsity (--sparsity-heads/--sparsity-mlp with --predictor); a streaming KV cache (--streaming)."""
     from planforge.graph_passes.api import OptimizeOptions, optimize
     from planforge.graph_passes.contextual_sparsity import SparsityOptions
     from planforge.graph_passes.schemes import QuantOptions

@@ -22,7 +22,8 @@ from planforge.atomic import atomic_output_dir
 from planforge.graph_passes.calibration import calibrate, calibration_samples
 from planforge.graph_passes.contextual_sparsity import ContextualSparsityPass, SparsityOptions
 from planforge.graph_passes.pipeline import PassReport, Pipeline
-from planforge.graph_passes.quantize_embedding import EmbeddingOptions, QuantizeEmbeddingPass, validate_embedding
+from planforge.graph_passes.quantize_embedding import (EmbeddingOptions, QuantizeEmbeddingPass, token_table_is_tied,
+                                                      validate_embedding)
 from planforge.graph_passes.quantize_linears import QuantizeLinearsPass
 from planforge.graph_passes.schemes import SCHEMES, CalibrationError, QuantizationError, QuantOptions, format_for
 from planforge.graph_passes.streaming_attention import StreamingAttentionPass, StreamingConfigError, StreamingOptions
@@ -44,23 +45,25 @@ class OptimizeOptions:
     force: bool = False
     show_progress: bool = False
 
-    @property
-    def embedding_storage(self) -> str:
-        """The token table's storage: explicit, else the scheme's weight bits (int4 for w4a4/w4a16, int8 for w8a8)."""
+    def embedding_storage(self, tied: bool) -> str:
+        """The token table's storage: explicit, else (auto) the scheme's weight bits when the LM head is tied to
+        the table (int4 for w4a4/w4a16, int8 for w8a8), float otherwise (an untied table would be dequantized
+        whole at every step for a lookup of a few rows)."""
         if self.embedding is not None:
             validate_embedding(self.embedding)
             return self.embedding
-        return "float" if self.quant is None else f"int{SCHEMES[self.quant.scheme].base.w_bits}"
+        return f"int{SCHEMES[self.quant.scheme].base.w_bits}" if self.quant is not None and tied else "float"
 
     @property
     def quantizes(self) -> bool:
-        return self.quant is not None or self.embedding_storage != "float"
+        return self.quant is not None or self.embedding_storage(tied=True) != "float"
 
 
 def _check_source(model_dir: Path, manifest: Manifest, model: ir.Model) -> None:
     """Refuses quantized models and models whose float linear weights are not all present."""
-    if any(p.get("name") in QUANT_PASSES for p in manifest.passes):
-        raise QuantizationError(f"{model_dir} is already quantized ({manifest.passes[-1]['name']}); "
+    done = [p["name"] for p in manifest.passes if p.get("name") in QUANT_PASSES]
+    if done:
+        raise QuantizationError(f"{model_dir} is already quantized ({', '.join(done)}); "
                                 "optimize the unquantized export instead.")
     if any(p.get("name") == ContextualSparsityPass.name for p in manifest.passes):
         raise QuantizationError(f"{model_dir} already has contextual sparsity; quantize and sparsify in one call on "
@@ -142,18 +145,20 @@ def _linear_passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions
                                 calibration=calibration)]
 
 
-def _embedding_passes(options: OptimizeOptions, progress: Progress) -> list:
-    storage = options.embedding_storage
+def _embedding_passes(options: OptimizeOptions, model: ir.Model, progress: Progress) -> list:
+    storage = options.embedding_storage(tied=token_table_is_tied(model.graph))
     if storage == "float":
         return []
+    clip_search = options.quant.clip_search if options.quant is not None else True
     task = progress.add_task(f"quantize embedding ({storage})", total=1)
-    return [QuantizeEmbeddingPass(EmbeddingOptions(storage), on_done=lambda: progress.advance(task))]
+    return [QuantizeEmbeddingPass(EmbeddingOptions(storage, clip_search), on_done=lambda: progress.advance(task))]
 
 
-def _passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions, progress: Progress) -> list:
+def _passes(model_dir: Path, manifest: Manifest, options: OptimizeOptions, model: ir.Model, progress: Progress
+            ) -> list:
     sparse = [] if options.sparsity is None else [_sparsity_pass(model_dir, manifest, options)]
     streaming = [] if options.streaming is None else [_streaming_pass(model_dir, manifest, options.streaming)]
-    return (sparse + _linear_passes(model_dir, manifest, options, progress) + _embedding_passes(options, progress)
+    return (sparse + _linear_passes(model_dir, manifest, options, progress) + _embedding_passes(options, model, progress)
             + streaming)
 
 
@@ -167,7 +172,7 @@ def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOpti
     progress = Progress(TextColumn("[bold]optimize[/] {task.description:<24}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), disable=not options.show_progress)
     with progress:
-        reports = Pipeline(_passes(model_dir, manifest, options, progress))(model)
+        reports = Pipeline(_passes(model_dir, manifest, options, model, progress))(model)
     if options.sparsity is not None:  # float weights a later pass replaced inside the If branches
         ir.passes.common.RemoveUnusedNodesPass()(model)
     with atomic_output_dir(out, options.force) as tmp:

@@ -14,7 +14,8 @@ reads Ê, so a tied LM head stays tied: one INT4 copy serves the lookup and the 
 
 Why a whole-table ``DequantizeLinear`` and not a ``Gather`` of INT4 rows: ONNX Runtime
 (1.32) has no INT4 ``Gather`` kernel. A tied LM head reads every row anyway; an untied
-model pays one dequantization of the table per step for its lookup, which the docs state.
+model would pay one dequantization of the whole table per step for a lookup of a few rows,
+so ``--embedding auto`` quantizes only tied tables (an explicit int4/int8 does both).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from planforge.graph_passes.quantize_linears import INT_TYPES
 from planforge.graph_passes.schemes import QuantizationError
 
 EMBEDDING_FORMATS = ("float", "int8", "int4")
-# Hidden units per scale: 64 for INT4 (on the reference model 64 costs +0.5% perplexity against
-# +1.3% for 128, see docs/quantization.md), one scale per row for INT8.
+# Hidden units per scale: 64 for INT4 (0.26 MB of fp32 scales on the reference model's 2.1 MB table),
+# one scale per row for INT8.
 EMBEDDING_GROUPS = {"int4": 64, "int8": None}
+ROWS_PER_CHUNK = 4096  # rows quantized at once: the clip search's float64 error array stays ~0.1 GB at H = 4096
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
@@ -62,14 +64,30 @@ def validate_embedding(storage: str) -> None:
 
 
 def quantize_table(table: np.ndarray, options: EmbeddingOptions) -> tuple[np.ndarray, np.ndarray]:
-    """float table [V, H] -> (q int8 [V, H] in the signed ``bits`` range, scale float32 [V, ceil(H/g)])."""
-    q, scale = quantizer.rtn(np.asarray(table, np.float32).T, options.bits, options.group, options.clip_search)
-    return np.ascontiguousarray(q.T), np.ascontiguousarray(scale.T)
+    """float table [V, H] -> (q int8 [V, H] in the signed ``bits`` range, scale float32 [V, ceil(H/g)]).
+
+    Rows have their own scales, so quantizing in chunks of rows gives the same result with bounded memory.
+    """
+    parts = [quantizer.rtn(np.asarray(table[start:start + ROWS_PER_CHUNK], np.float32).T, options.bits,
+                           options.group, options.clip_search) for start in range(0, len(table), ROWS_PER_CHUNK)]
+    return (np.ascontiguousarray(np.concatenate([q.T for q, _ in parts])),
+            np.ascontiguousarray(np.concatenate([scale.T for _, scale in parts])))
 
 
 def dequantized_table(q: np.ndarray, scale: np.ndarray, group: Optional[int]) -> np.ndarray:
     """The table Ê [V, H] float32 that the graph computes from (q, scale)."""
     return q.astype(np.float32) * quantizer.expand_rows(scale.T, q.shape[1], group).T
+
+
+def _token_lookup(node: ir.Node) -> bool:
+    return (node.op_type == "Gather" and node.domain == "" and len(node.inputs) == 2
+            and node.inputs[1] is not None and node.inputs[1].name == constants.INPUT_IDS)
+
+
+def token_table_is_tied(graph: ir.Graph) -> bool:
+    """Whether the table the ``input_ids`` lookup reads has another reader (a tied LM head)."""
+    tables = [node.inputs[0] for node in graph if _token_lookup(node) and node.inputs[0] is not None]
+    return any(len(table.uses()) > 1 for table in tables)
 
 
 class QuantizeEmbeddingPass(GraphPass):
@@ -85,11 +103,9 @@ class QuantizeEmbeddingPass(GraphPass):
         return self.options.settings()
 
     def _table(self, graph: ir.Graph, node: ir.Node) -> Optional[ir.Value]:
-        if node.op_type != "Gather" or node.domain != "" or len(node.inputs) != 2:
-            return None
-        table, indices = node.inputs
-        if indices is None or indices.name != constants.INPUT_IDS:
+        if not _token_lookup(node):
             return None  # learned position tables (GPT-2) and the passes' own index Gathers stay as they are
+        table = node.inputs[0]
         if table is None or table.const_value is None or table.name not in graph.initializers:
             self.refuse(f"{node.name}: the token table is computed, not stored (already quantized?)")
             return None
@@ -97,6 +113,13 @@ class QuantizeEmbeddingPass(GraphPass):
             self.refuse(f"{node.name}: the token table is {table.const_value.dtype}, already quantized")
             return None
         return table
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        result = super().call(model)
+        if self.matches == 0:  # nothing is written: optimize() runs every pass before its output exists
+            why = "; ".join(self.refusals) or "no Gather of input_ids from a float table"
+            raise QuantizationError(f"no token-embedding table to quantize ({why}); use --embedding float.")
+        return result
 
     def rewrite_graph(self, graph: ir.Graph) -> int:
         count = 0

@@ -105,7 +105,7 @@ def main() -> None:
           f"threads {args.threads or 'default'}; one gated MLP, d={d}, F={f}, fp32, batch 1, one token; "
           f"medians of {args.calls} interleaved calls\n")
     dense = statistics.median(times["dense"])
-    print("| variant | kept neurons | weight bytes read (MB) | median (us) | vs dense |")
+    print("| variant | kept neurons | weight bytes read (MB) | median (us) | time vs dense |")
     print("|---|---:|---:|---:|---:|")
     for name, (_, k) in variants.items():
         kept = f if k is None else k

@@ -223,7 +223,8 @@ def default_num_splits(batch_kv_heads: int, smax: int, device) -> int:
     """Enough chunks for about one program per SM, none shorter than 256 keys.
 
     H100 sweep (samples/tuning/sweep_decode.py): B=16, 8 kv heads, 4k keys is fastest at 2 splits
-    (106 us; 114 us at the 5 that four programs per SM gave), B=1 at 32k keys at 16 (62 us; 66 us at 66).
+    (106 us; 114 us at the 5 that four programs per SM gave); B=1 at 32k keys took 62 us at 16 splits,
+    64 us at 33 and 66 us at the old 66 (this formula gives 17: 65 us in bench_kernels.py).
     """
     sms = 132 if interpreting() else torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(triton_cdiv(sms, batch_kv_heads), triton_cdiv(smax, 256)))

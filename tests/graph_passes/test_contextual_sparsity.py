@@ -174,7 +174,7 @@ def test_w4a4_in_the_same_call_sparsity_first(llama, tmp_path):
     only = tmp_path / "w4a4"
     optimize(llama["exported"], only, OptimizeOptions(quant=quant))
     names = [p["name"] for p in Manifest.load(both).passes]
-    assert names == ["contextual_sparsity", "quantize_linears", "quantize_embedding"]
+    assert names == ["contextual_sparsity", "quantize_linears"]
     assert Manifest.load(both).passes[1]["matches"] == 14  # 2 layers x 7 linears: K/V outside, the rest in If
     ids = np.random.default_rng(7).integers(1, 300, (2, 6))
     a, b = Session(only), Session(both)

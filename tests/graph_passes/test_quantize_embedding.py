@@ -5,6 +5,7 @@ over block, row and clip ratio), and transformers' model with its embedding (and
 head) replaced by the table that loop reference dequantizes.
 """
 
+import shutil
 import subprocess
 import sys
 
@@ -42,7 +43,7 @@ def test_quantize_table_is_bit_exact_vs_loop_reference(storage, shape):
     options = EmbeddingOptions(storage)
     q, scale = quantize_table(table, options)
     assert q.shape == table.shape and scale.shape == (shape[0], -(-shape[1] // (options.group or shape[1])))
-    assert np.abs(q).max() <= 2 ** (options.bits - 1)
+    assert q.min() >= -2 ** (options.bits - 1) and q.max() <= 2 ** (options.bits - 1) - 1
     np.testing.assert_array_equal(dequantized_table(q, scale, options.group),
                                   _reference_table(table, options.bits, options.group))
 
@@ -118,14 +119,32 @@ def test_gpt2_quantizes_the_token_table_not_the_positions(tiny_model, tmp_path):
     _logits_match_reference(source, tmp_path / "gpt2", bits=4, group=64, tied=True)
 
 
-def test_scheme_sets_the_default(tiny_model, tmp_path):
-    assert OptimizeOptions(quant=QuantOptions("w4a16")).embedding_storage == "int4"
-    assert OptimizeOptions(quant=QuantOptions("w4a4")).embedding_storage == "int4"
-    assert OptimizeOptions(quant=QuantOptions("w8a8")).embedding_storage == "int8"
-    assert OptimizeOptions(quant=QuantOptions("w4a4"), embedding="float").embedding_storage == "float"
-    assert OptimizeOptions().embedding_storage == "float"
-    _, reports = optimize(tiny_model("llama")[1], tmp_path / "w4a16", OptimizeOptions(quant=QuantOptions("w4a16")))
-    assert [(r.name, r.matches) for r in reports] == [("quantize_linears", 14), ("quantize_embedding", 1)]
+def test_auto_follows_the_scheme_for_tied_tables_only(tiny_model, tmp_path):
+    w4a4, w8a8, w4a16 = (QuantOptions(s) for s in ("w4a4", "w8a8", "w4a16"))
+    assert [OptimizeOptions(quant=q).embedding_storage(tied=True) for q in (w4a4, w8a8, w4a16)] == ["int4", "int8", "int4"]
+    assert OptimizeOptions(quant=w4a4).embedding_storage(tied=False) == "float"  # untied: auto keeps it float
+    assert OptimizeOptions(quant=w4a4, embedding="float").embedding_storage(tied=True) == "float"
+    assert OptimizeOptions(embedding="int8").embedding_storage(tied=False) == "int8"
+    assert OptimizeOptions().embedding_storage(tied=True) == "float"
+    _, reports = optimize(tiny_model("llama")[1], tmp_path / "untied", OptimizeOptions(quant=w4a16))
+    assert [r.name for r in reports] == ["quantize_linears"]  # the tiny Llama is untied
+    _, reports = optimize(tiny_model("gpt2")[1], tmp_path / "tied", OptimizeOptions(quant=w4a16))
+    assert [(r.name, r.matches) for r in reports] == [("quantize_linears", 12), ("quantize_embedding", 1)]
+    entry = Manifest.load(tmp_path / "tied").passes[1]
+    assert entry["settings"]["clip_search"] is True
+    _, reports = optimize(tiny_model("gpt2")[1], tmp_path / "noclip",
+                          OptimizeOptions(quant=QuantOptions("w4a16", clip_search=False)))
+    assert Manifest.load(tmp_path / "noclip").passes[1]["settings"]["clip_search"] is False
+
+
+def test_quantize_table_in_chunks_equals_one_piece(monkeypatch):
+    from planforge.graph_passes import quantize_embedding
+
+    table = np.random.default_rng(1).standard_normal((50, 128)).astype(np.float32)
+    whole = quantize_table(table, EmbeddingOptions("int4"))
+    monkeypatch.setattr(quantize_embedding, "ROWS_PER_CHUNK", 7)
+    chunked = quantize_table(table, EmbeddingOptions("int4"))
+    assert all(np.array_equal(a, b) for a, b in zip(whole, chunked))
 
 
 def test_fp16_model_casts_the_table(tiny_model, tmp_path):
@@ -142,6 +161,16 @@ def test_bad_embedding_settings_are_refused(tiny_model, tmp_path):
     compiled = tiny_model("llama")[1]
     with pytest.raises(QuantizationError, match="unknown embedding storage 'int3'"):
         optimize(compiled, tmp_path / "x", OptimizeOptions(embedding="int3"))
+    no_lookup = tmp_path / "no_lookup"  # a graph whose lookup does not read input_ids directly
+    shutil.copytree(compiled, no_lookup)
+    model = onnx.load(str(no_lookup / "model.onnx"))
+    lookup = next(n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids")
+    model.graph.node.insert(0, onnx.helper.make_node("Identity", ["input_ids"], ["ids_copy"]))
+    lookup.input[1] = "ids_copy"
+    onnx.save(model, str(no_lookup / "model.onnx"))
+    with pytest.raises(QuantizationError, match="no token-embedding table to quantize"):
+        optimize(no_lookup, tmp_path / "y", OptimizeOptions(embedding="int4"))
+    assert not (tmp_path / "y").exists()
     optimize(compiled, tmp_path / "once", OptimizeOptions(embedding="int4"))
     proc = subprocess.run([sys.executable, "-m", "planforge.cli.app", "optimize", str(tmp_path / "once"), "-o",
                            str(tmp_path / "twice"), "--quant", "none", "--embedding", "int8", "--quiet"],
