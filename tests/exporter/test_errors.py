@@ -85,7 +85,10 @@ def test_failed_export_leaves_nothing(tiny_model, tmp_path, monkeypatch):
 
 
 _SLOW_EXPORT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    # A job a shell starts in the background inherits SIGINT ignored, and Python then keeps it ignored;
+    # Ctrl-C reaches a foreground export with Python's default handler, which this restores.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import planforge.exporter.api as api
     save = api._save_onnx
     def save_then_hang(*args):
