@@ -24,13 +24,12 @@ from planforge.graph_passes.contextual_sparsity import ContextualSparsityPass, S
 from planforge.graph_passes.pipeline import PassReport, Pipeline
 from planforge.graph_passes.quantize_embedding import (EmbeddingOptions, QuantizeEmbeddingPass, token_table_is_tied,
                                                       validate_embedding)
-from planforge.graph_passes.quantize_linears import QuantizeLinearsPass
+from planforge.graph_passes.quantize_linears import FLOAT_TYPES, QuantizeLinearsPass
 from planforge.graph_passes.schemes import SCHEMES, CalibrationError, QuantizationError, QuantOptions, format_for
 from planforge.graph_passes.streaming_attention import StreamingAttentionPass, StreamingConfigError, StreamingOptions
 from planforge.runtime.manifest import Manifest
 
 QUANT_PASSES = (QuantizeLinearsPass.name, QuantizeEmbeddingPass.name)
-FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 @dataclass(frozen=True)

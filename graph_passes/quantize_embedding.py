@@ -30,7 +30,7 @@ from planforge import constants
 from planforge.graph_passes import quantizer
 from planforge.graph_passes.node_builder import NodeBuilder
 from planforge.graph_passes.pipeline import GraphPass
-from planforge.graph_passes.quantize_linears import INT_TYPES
+from planforge.graph_passes.quantize_linears import FLOAT_TYPES, INT_TYPES
 from planforge.graph_passes.schemes import QuantizationError
 
 EMBEDDING_FORMATS = ("float", "int8", "int4")
@@ -38,7 +38,6 @@ EMBEDDING_FORMATS = ("float", "int8", "int4")
 # one scale per row for INT8.
 EMBEDDING_GROUPS = {"int4": 64, "int8": None}
 ROWS_PER_CHUNK = 4096  # rows quantized at once: the clip search's float64 error array stays ~0.1 GB at H = 4096
-FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 @dataclass(frozen=True)

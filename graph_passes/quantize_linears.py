@@ -39,6 +39,7 @@ from planforge.graph_passes.pipeline import GraphPass
 from planforge.graph_passes.schemes import LinearFormat, QuantizationError, QuantOptions, format_for
 
 INT_TYPES = {4: ml_dtypes.int4, 8: np.int8}
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)  # weights a quantization pass accepts
 
 
 @dataclass
@@ -157,7 +158,7 @@ class QuantizeLinearsPass(GraphPass):
         if weight.name in self.float_weights:
             self.refuse(f"{node.name}: the LM head stays in float")
             return None
-        if weight.const_value.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+        if weight.const_value.dtype not in FLOAT_TYPES:
             self.refuse(f"{node.name}: weight is {weight.const_value.dtype}, already quantized")
             return None
         return self.records[weight.name]

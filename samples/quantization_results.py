@@ -24,7 +24,7 @@ from planforge.evaluation.api import evaluate
 from planforge.exporter.api import ExportOptions, export
 from planforge.graph_passes.api import OptimizeOptions, optimize
 from planforge.graph_passes.schemes import QuantOptions
-from planforge.runtime.manifest import model_file_bytes
+from planforge.runtime.manifest import Manifest, model_file_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,11 +62,11 @@ def linear_bytes(directory: Path) -> int:
 
 def embedding_of(directory: Path) -> str:
     """How the token table is stored: the quantize_embedding pass's storage, else the export dtype."""
-    manifest = json.loads((directory / "planforge.json").read_text())
-    for entry in manifest["passes"]:
+    manifest = Manifest.load(directory)
+    for entry in manifest.passes:
         if entry["name"] == "quantize_embedding":
             return entry["settings"]["storage"].upper()
-    return manifest["dtype"].upper()
+    return manifest.dtype.upper()
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -37,9 +38,16 @@ def save_safetensors_atomic(path: Path, tensors: dict[str, np.ndarray], metadata
         raise
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """(metadata, tensors) of a safetensors file; raises SafetensorError / OSError / ValueError for a bad one."""
-    from safetensors import safe_open
+def read_safetensors(path: Path, missing: Exception, unreadable: Callable[[Exception], Exception]
+                     ) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, tensors) of a safetensors file; raises ``missing`` when there is no such file and
+    ``unreadable(exc)`` when it cannot be read as safetensors."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="np") as f:
-        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    if not Path(path).is_file():
+        raise missing
+    try:
+        with safe_open(str(path), framework="np") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise unreadable(exc) from None

@@ -187,19 +187,19 @@ def save_importance(importance: Importance, path: Path) -> None:
 
 
 def load_importance(path: Path) -> Importance:
-    from safetensors import SafetensorError
-
     path = Path(path)
-    if not path.is_file():
-        raise ImportanceFileError(f"importance file {path} does not exist. Write one with "
-                                  "`planforge sparsity importance MODEL --calib TEXT -o FILE`.")
+
+    def unreadable(exc: Exception) -> ImportanceFileError:
+        return ImportanceFileError(f"{path} is not an importance file written by `planforge sparsity importance` "
+                                   f"({type(exc).__name__}: {exc}). Recompute it.")
+
+    meta, tensors = read_safetensors(
+        path, ImportanceFileError(f"importance file {path} does not exist. Write one with "
+                                  "`planforge sparsity importance MODEL --calib TEXT -o FILE`."), unreadable)
     try:
-        meta, tensors = read_safetensors(path)
-        raw = json.loads(meta[METADATA_KEY])
-        header = ImportanceHeader(**raw)
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise ImportanceFileError(f"{path} is not an importance file written by `planforge sparsity importance` "
-                                  f"({type(exc).__name__}: {exc}). Recompute it.") from None
+        header = ImportanceHeader(**json.loads(meta[METADATA_KEY]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise unreadable(exc) from None
     h = header
     N = len(tensors.get("window", []))
     want = {"layer0_attention_output": (N, h.hidden_size), "layer_inputs": (N, h.num_layers, h.hidden_size),

@@ -120,18 +120,13 @@ class Predictor:
 
     @classmethod
     def load(cls, path) -> "Predictor":
-        from safetensors import SafetensorError
-
         path = Path(path)
-        if not path.is_file():
-            raise PredictorNotFoundError(f"sparsity predictor {path} does not exist. Train one with "
-                                         "`planforge sparsity train-predictor`, or pass the right path.")
-        try:
-            meta, tensors = read_safetensors(path)
-            tensors = {k: v.astype(np.float32) for k, v in tensors.items()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise PredictorError(f"{path} is not a readable safetensors file ({exc}). Retrain the predictor "
-                                 "with `planforge sparsity train-predictor`.") from None
+        meta, tensors = read_safetensors(
+            path, PredictorNotFoundError(f"sparsity predictor {path} does not exist. Train one with "
+                                         "`planforge sparsity train-predictor`, or pass the right path."),
+            lambda exc: PredictorError(f"{path} is not a readable safetensors file ({exc}). Retrain the predictor "
+                                       "with `planforge sparsity train-predictor`."))
+        tensors = {k: v.astype(np.float32) for k, v in tensors.items()}
         if METADATA_KEY not in meta:
             raise PredictorError(f"{path} has no '{METADATA_KEY}' header: it is not a planforge sparsity predictor.")
         header = _parse_header(meta[METADATA_KEY], path)
