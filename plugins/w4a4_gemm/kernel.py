@@ -32,7 +32,7 @@ import triton.language as tl  # noqa: E402
 
 @triton.jit
 def quantize_kernel(X, PERM, XQ, SX, ZX, XO, KQB, KO, sxm, sxqm, sxom,
-                    BITS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr):
+                    BITS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, UNPACKED: tl.constexpr = False):
     PACK: tl.constexpr = 8 // BITS
     QMAX: tl.constexpr = (1 << BITS) - 1
     HALF: tl.constexpr = 1 << (BITS - 1)
@@ -49,14 +49,69 @@ def quantize_kernel(X, PERM, XQ, SX, ZX, XO, KQB, KO, sxm, sxqm, sxom,
     scale = tl.where(scale > 0, scale, 1.0)
     q = tl.math.floor(tl.math.div_rn(x - lo, scale) + 0.5)
     q = tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0).to(tl.int32) - HALF  # (BB, PACK) signed codes
-    byte = tl.sum((q & ((1 << BITS) - 1)) << (offs_p[None, :] * BITS), 1)  # (BB,) 0..255
-    tl.store(XQ + m * sxqm + offs_b, byte.to(tl.int8), mask=bmask)
+    if UNPACKED:  # one code per element, in XQ's dtype (int8 or e4m3, both exact for -8..7)
+        dst = XQ + m * sxqm + offs_b[:, None] * PACK + offs_p[None, :]
+        tl.store(dst, q.to(tl.float32).to(XQ.dtype.element_ty), mask=bmask[:, None])
+    else:
+        byte = tl.sum((q & ((1 << BITS) - 1)) << (offs_p[None, :] * BITS), 1)  # (BB,) 0..255
+        tl.store(XQ + m * sxqm + offs_b, byte.to(tl.int8), mask=bmask)
     tl.store(SX + m, scale)
     tl.store(ZX + m, lo + HALF * scale)
     offs_o = tl.arange(0, BLOCK_O)
     omask = offs_o < KO
     ocols = tl.load(PERM + KQB * PACK + offs_o, mask=omask, other=0)
     tl.store(XO + m * sxom + offs_o, tl.load(row + ocols, mask=omask), mask=omask)
+
+
+@triton.jit
+def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program -> (row tile, column tile), GROUP_M row tiles per band so W tiles stay in L2."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % (GROUP_M * num_n)) % size_m, (pid % (GROUP_M * num_n)) // size_m
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, M, N, SX, ZX, SW, WSUM, XO, WO, Y, KO, sxo, swo, sy, WS, CNT, tile,
+              SPLIT_K: tl.constexpr, BLOCK_KO: tl.constexpr):
+    """y = acc sx sw + zx (sw wsum) + x_out @ w_out^T for one (BM, BN) tile, written once in Y's dtype.
+
+    SPLIT_K > 1: program (tile, s) holds split s of K. Each split adds its share in float32 to
+    the zeroed workspace WS (split 0 adds the zero-point term, the outlier columns are dealt
+    out in BLOCK_KO chunks); the last split of the tile to arrive (counter CNT[tile]) reads
+    the sum back and writes Y, so no second launch is needed."""
+    split = tl.program_id(1)
+    mm = offs_m < M
+    nm = offs_n < N
+    sx = tl.load(SX + offs_m, mask=mm, other=0.0)
+    sw = tl.load(SW + offs_n, mask=nm, other=0.0)
+    y = acc.to(tl.float32) * sx[:, None] * sw[None, :]
+    if split == 0:
+        zx = tl.load(ZX + offs_m, mask=mm, other=0.0)
+        wsum = tl.load(WSUM + offs_n, mask=nm, other=0.0)
+        y += zx[:, None] * (sw * wsum)[None, :]
+    offs_o = tl.arange(0, BLOCK_KO)
+    xo_ptrs = XO + offs_m[:, None].to(tl.int64) * sxo + offs_o[None, :]
+    wo_ptrs = WO + offs_n[:, None].to(tl.int64) * swo + offs_o[None, :]
+    for k0 in range(0, KO, SPLIT_K * BLOCK_KO):
+        k = k0 + split * BLOCK_KO
+        om = (k + offs_o) < KO
+        xo = tl.load(xo_ptrs + k, mask=mm[:, None] & om[None, :], other=0.0)  # (BM, BKO)
+        wo = tl.load(wo_ptrs + k, mask=nm[:, None] & om[None, :], other=0.0)  # (BN, BKO)
+        y = tl.dot(xo, tl.trans(wo), y)
+    mask = mm[:, None] & nm[None, :]
+    if SPLIT_K > 1:
+        ws_ptrs = WS + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+        tl.atomic_add(ws_ptrs, y, mask=mask)
+        tl.debug_barrier()  # every thread's share is in before the tile's counter moves
+        if tl.atomic_add(CNT + tile, 1) == SPLIT_K - 1:
+            y = tl.atomic_add(ws_ptrs, tl.zeros_like(y), mask=mask)  # read the sum at L2
+            tl.store(Y + offs_m[:, None].to(tl.int64) * sy + offs_n[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    else:
+        tl.store(Y + offs_m[:, None].to(tl.int64) * sy + offs_n[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -95,18 +150,13 @@ def _prune(configs, named_args, **kwargs):
 @triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "KB", "KO", "BITS", "USE_FP8"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, M, N, KB, KO, M_BUCKET,
+def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, WS, CNT, M, N, KB, K_SPLIT, KO, M_BUCKET,
                      sxq, swq, sxo, swo, sy,
                      BITS: tl.constexpr, USE_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, BLOCK_KO: tl.constexpr = 64):
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr = 1,
+                     BLOCK_KO: tl.constexpr = 64):
     pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * num_n)
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
-    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    pid_m, pid_n = _tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -118,26 +168,15 @@ def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, M, N, KB, KO, M_BUCKET
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
-    for k in range(0, KB, BLOCK_K):
+    k_first = tl.program_id(1) * K_SPLIT
+    for kk in range(0, K_SPLIT, BLOCK_K):  # the last split masks past KB
+        k = k_first + kk
         km = (k + offs_k) < KB
         a = tl.load(a_ptrs + k, mask=mm[:, None] & km[None, :], other=0)  # (BM, BK) packed bytes
         w = tl.load(w_ptrs + k, mask=nm[:, None] & km[None, :], other=0)  # (BN, BK) packed bytes
         acc = _int_dot(a, w, acc, BITS, USE_FP8)
-    sx = tl.load(SX + offs_m, mask=mm, other=0.0)
-    zx = tl.load(ZX + offs_m, mask=mm, other=0.0)
-    sw = tl.load(SW + offs_n, mask=nm, other=0.0)
-    wsum = tl.load(WSUM + offs_n, mask=nm, other=0.0)
-    y = acc.to(tl.float32) * sx[:, None] * sw[None, :] + zx[:, None] * (sw * wsum)[None, :]
-    offs_o = tl.arange(0, BLOCK_KO)
-    xo_ptrs = XO + offs_m[:, None].to(tl.int64) * sxo + offs_o[None, :]
-    wo_ptrs = WO + offs_n[:, None].to(tl.int64) * swo + offs_o[None, :]
-    for k in range(0, KO, BLOCK_KO):
-        om = (k + offs_o) < KO
-        xo = tl.load(xo_ptrs + k, mask=mm[:, None] & om[None, :], other=0.0)  # (BM, BKO)
-        wo = tl.load(wo_ptrs + k, mask=nm[:, None] & om[None, :], other=0.0)  # (BN, BKO)
-        y = tl.dot(xo, tl.trans(wo), y)
-    y_ptrs = Y + offs_m[:, None].to(tl.int64) * sy + offs_n[None, :]
-    tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mm[:, None] & nm[None, :])
+    _epilogue(acc, offs_m, offs_n, M, N, SX, ZX, SW, WSUM, XO, WO, Y, KO, sxo, swo, sy, WS, CNT, pid,
+              SPLIT_K, BLOCK_KO)
 
 
 @triton.jit
@@ -230,7 +269,7 @@ def quik_gemv_kernel(X, PERM, XQ, SX, ZX, XO, WQ, SW, WSUM, WO, Y, N, KB, KO, sw
 # (BLOCK_N, BLOCK_K, num_warps, num_stages), fixed, not autotuned (H100 sweep): the M = 1
 # kernel fed by QuikQuantize, the same kernel quantizing in place, the tensor-core kernel at 1 < M <= 16
 GEMV_CONFIG = (8, 512, 4, 3)
-SMALL_M_CONFIG = (32, 128, 4, 4)  # samples/tuning/sweep_w4a4.py m16: best of 192 on all three 7B shapes
+SMALL_M_CONFIG = (32, 128, 4, 4, 1)  # (+ SPLIT_K) samples/tuning/sweep_w4a4.py m16: best of 192 on all three 7B shapes
 # linear() on one token: one launch (quantize inside the GEMV) or QuikQuantize + GEMV
 FUSE_M1 = True
 
@@ -259,50 +298,94 @@ def _gemv(x, perm, x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits
     return y
 
 
-def quantize(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, bits: int = 4):
-    """Triton version of reference.quantize_activations (bit-exact)."""
+def quantize(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, bits: int = 4, codes: torch.dtype | None = None):
+    """Triton version of reference.quantize_activations (bit-exact).
+
+    codes (int8 or float8_e4m3fn): one code per element instead of the packed bytes, in a
+    TMA-aligned buffer, for the large-M GEMM."""
     M, K = x.shape
     kq = K - n_outliers
     pack = 8 // bits
     assert x.stride(1) == 1 and perm.dtype == torch.int32 and kq % pack == 0
     kqb = kq // pack
-    xq = torch.empty((M, kqb), dtype=torch.int8, device=x.device)
+    if codes is None:
+        xq = torch.empty((M, kqb), dtype=torch.int8, device=x.device)
+    else:
+        from . import kernel_large_m  # noqa: PLC0415
+
+        xq = kernel_large_m.empty_codes(M, kq, codes == torch.float8_e4m3fn, x.device)
     sx = torch.empty((M,), dtype=torch.float32, device=x.device)
     zx = torch.empty((M,), dtype=torch.float32, device=x.device)
     xo = torch.empty((M, n_outliers), dtype=x.dtype, device=x.device)
     block_b = next_pow2(kqb)
     quantize_kernel[(M,)](
         x, perm, xq, sx, zx, xo, kqb, n_outliers, x.stride(0), xq.stride(0), max(1, xo.stride(0)),
-        BITS=bits, BLOCK_B=block_b, BLOCK_O=max(2, next_pow2(n_outliers)),
+        BITS=bits, BLOCK_B=block_b, BLOCK_O=max(2, next_pow2(n_outliers)), UNPACKED=codes is not None,
         num_warps=4 if block_b * pack <= 4096 else 8,
     )
     return xq, sx, zx, xo
 
 
-def matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits: int = 4,
-           compute: str = "int8") -> torch.Tensor:
-    """Triton version of reference.quik_matmul; output in x_out's dtype."""
+# From this many tokens on, the GEMM unpacks the codes once per call and runs the TMA kernel
+# (kernel_large_m); below it, 4-bit tiles are unpacked in registers. H100 sweep: see docs/kernels.md.
+LARGE_M = 512
+
+
+def _large_m_codes(x_q, w_q, bits: int, fp8: bool):
+    """(x codes, w codes) one per byte and TMA-aligned, or None where the large-M kernel does not apply."""
+    from . import kernel_large_m as big  # noqa: PLC0415
+
+    if bits == 4:
+        return big.unpack(x_q, fp8), big.unpack(w_q, fp8)
+    return (x_q, w_q) if big.tma_ready(x_q) and big.tma_ready(w_q) else None
+
+
+def _small_m(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, fp8, y, config=None):
+    """M <= 16: one fixed tile, K split across programs so that enough weight bytes are in flight."""
     M, kb = x_q.shape
+    N, ko = w_q.shape[0], x_out.shape[1]
+    bn, bk, warps, stages, split = config or SMALL_M_CONFIG
+    split = max(1, min(split, triton.cdiv(kb, bk)))
+    tiles = triton.cdiv(N, bn)
+    ws = torch.zeros(M * N + tiles, dtype=torch.int32, device=y.device) if split > 1 else y
+    quik_gemm_kernel.fn[(tiles, split)](
+        x_q, w_q, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y,
+        ws[: M * N].view(torch.float32) if split > 1 else y, ws[M * N:] if split > 1 else y,
+        M, N, kb, triton.cdiv(triton.cdiv(kb, split), bk) * bk, ko, 16, x_q.stride(0), w_q.stride(0), max(1, x_out.stride(0)), max(1, w_out.stride(0)),
+        y.stride(0), BITS=bits, USE_FP8=fp8, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, SPLIT_K=split,
+        num_warps=warps, num_stages=stages,
+    )
+    return y
+
+
+def matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits: int = 4,
+           compute: str = "int8", codes=None) -> torch.Tensor:
+    """Triton version of reference.quik_matmul; output in x_out's dtype.
+
+    codes: the activations already as one code per element (quantize(..., codes=)), large M only."""
+    M = x_q.shape[0]
     N = w_q.shape[0]
     ko = x_out.shape[1]
-    assert w_q.shape[1] == kb and w_out.shape == (N, ko) and compute in ("int8", "fp8")
+    assert w_out.shape == (N, ko) and compute in ("int8", "fp8")
+    fp8 = compute == "fp8" and bits == 4
+    if M >= LARGE_M:
+        from . import kernel_large_m  # noqa: PLC0415
+
+        pair = (codes, kernel_large_m.unpack(w_q, fp8)) if codes is not None else _large_m_codes(x_q, w_q, bits, fp8)
+        if pair is not None:
+            return kernel_large_m.matmul_codes(pair[0], x_scale, x_zero, x_out, pair[1], w_scale, w_sum, w_out)
+    kb = x_q.shape[1]
+    assert w_q.shape[1] == kb
     if M == 1:
         return _gemv(None, None, x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, x_out.dtype)
     y = torch.empty((M, N), dtype=x_out.dtype, device=x_q.device)
     if M <= 16:  # fixed config: no autotuner dispatch on the decode path
-        bn, bk, warps, stages = SMALL_M_CONFIG
-        quik_gemm_kernel.fn[(triton.cdiv(N, bn),)](
-            x_q, w_q, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y, M, N, kb, ko, 16,
-            x_q.stride(0), w_q.stride(0), max(1, x_out.stride(0)), max(1, w_out.stride(0)), y.stride(0),
-            BITS=bits, USE_FP8=compute == "fp8" and bits == 4, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1,
-            num_warps=warps, num_stages=stages,
-        )
-        return y
+        return _small_m(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, fp8, y)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     quik_gemm_kernel[grid](
-        x_q, w_q, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y, M, N, kb, ko, min(next_pow2(M), 4096),
+        x_q, w_q, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y, y, y, M, N, kb, kb, ko, min(next_pow2(M), 4096),
         x_q.stride(0), w_q.stride(0), max(1, x_out.stride(0)), max(1, w_out.stride(0)), y.stride(0),
-        BITS=bits, USE_FP8=compute == "fp8" and bits == 4,
+        BITS=bits, USE_FP8=fp8,
     )
     return y
 
@@ -310,8 +393,15 @@ def matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits: int = 
 def linear(x: torch.Tensor, w, compute: str = "int8") -> torch.Tensor:
     """QUIK linear on the GPU: quantize the activations, then the fused GEMM (w: QuikWeights).
 
-    One token (decode) is a single launch: quantization fused into the GEMV."""
+    One token (decode) is a single launch: quantization fused into the GEMV. Many tokens with
+    4-bit codes: the activations are quantized straight to one code per byte for the TMA GEMM."""
     if x.shape[0] == 1 and x.stride(1) == 1 and FUSE_M1:
         return _gemv(x, w.perm, None, None, None, None, w.packed, w.scale, w.wsum, w.outliers, w.bits, x.dtype)
-    xq, sx, zx, xo = quantize(x, w.perm, w.n_outliers, w.bits)
-    return matmul(xq, sx, zx, xo, w.packed, w.scale, w.wsum, w.outliers, w.bits, compute)
+    codes = None
+    if x.shape[0] >= LARGE_M and w.bits == 4:
+        from .kernel_large_m import code_dtype  # noqa: PLC0415
+
+        codes = code_dtype(compute == "fp8")
+    xq, sx, zx, xo = quantize(x, w.perm, w.n_outliers, w.bits, codes)
+    return matmul(xq, sx, zx, xo, w.packed, w.scale, w.wsum, w.outliers, w.bits, compute,
+                  codes=xq if codes is not None else None)

@@ -99,7 +99,7 @@ def test_quantize_kernel_is_bit_exact(bits, dtype, M, K, Ko):
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits,compute", [(4, "int8"), (4, "fp8"), (8, "int8")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("M", [1, 16, 33, 300])
+@pytest.mark.parametrize("M", [1, 16, 33, 300, 600])  # 600 >= kernel.LARGE_M: unpacked codes, TMA GEMM
 @pytest.mark.parametrize("N,K,Ko", [(4096, 4096, 256), (1000, 1100, 24), (64, 512, 0)])
 def test_matmul_kernel_matches_reference(bits, compute, dtype, M, N, K, Ko):
     from planforge.plugins.w4a4_gemm import kernel
@@ -137,3 +137,55 @@ def test_one_token_linear_quantizes_inside_the_gemv(bits, dtype, N, K, Ko):
     torch.testing.assert_close(got.float(), want, rtol=2 * eps, atol=1e-3 * want.abs().max().item())
     two_ops = kernel.matmul(*kernel.quantize(x, W.perm, Ko, bits), W.packed, W.scale, W.wsum, W.outliers, bits)
     torch.testing.assert_close(got.float(), two_ops.float(), rtol=2 * eps, atol=1e-3 * want.abs().max().item())
+
+
+def _assert_matches_reference(got, xq, sx, zx, xo, W, bits, dtype):
+    want = ref.quik_matmul(xq, sx, zx, xo, W.packed, W.scale, W.wsum, W.outliers, bits, torch.float32)
+    eps = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    torch.testing.assert_close(got.float(), want, rtol=2 * eps, atol=1e-3 * want.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("codes", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("K,Ko", [(4096, 256), (1100, 24), (520, 0)])
+def test_codes_are_the_unpacked_reference_bit_for_bit(codes, K, Ko):
+    """Large-M inputs: quantize(codes=) and kernel_large_m.unpack give one code per element,
+    exactly ref.unpack of the packed bytes, in TMA-aligned rows."""
+    from planforge.plugins.w4a4_gemm import kernel, kernel_large_m
+
+    x, W = _layer(37, K, 300, Ko, 4, torch.bfloat16, seed=K)
+    xq = ref.quantize_activations(x, W.perm, Ko, 4)[0]
+    got_x = kernel.quantize(x, W.perm, Ko, 4, codes=codes)[0]
+    got_w = kernel_large_m.unpack(W.packed, codes == torch.float8_e4m3fn)
+    for got, packed in ((got_x, xq), (got_w, W.packed)):
+        assert got.dtype == codes and kernel_large_m.tma_ready(got)
+        assert torch.equal(got.float().to(torch.int32), unpack(packed, 4))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits,fp8", [(4, False), (4, True), (8, False)])
+@pytest.mark.parametrize("split", [1, 3, 8])
+@pytest.mark.parametrize("M", [1, 5, 16])
+def test_small_m_split_k_matches_reference(bits, fp8, split, M):
+    """M <= 16 with K split across programs: the last split of each tile writes the sum."""
+    from planforge.plugins.w4a4_gemm import kernel
+
+    x, W = _layer(M, 4096, 1000, 256, bits, torch.bfloat16, seed=split * 100 + M)
+    xq, sx, zx, xo = ref.quantize_activations(x, W.perm, 256, bits)
+    for _ in range(2):  # the counters start from zero on every call
+        y = torch.empty((M, 1000), dtype=x.dtype, device="cuda")
+        got = kernel._small_m(xq, sx, zx, xo, W.packed, W.scale, W.wsum, W.outliers, bits, fp8, y,
+                              config=(32, 128, 4, 3, split))
+        _assert_matches_reference(got, xq, sx, zx, xo, W, bits, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compute", ["int8", "fp8"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_large_m_linear_quantizes_straight_to_codes(compute, dtype):
+    """kernel.linear from LARGE_M tokens: activations quantized to codes, weights unpacked, TMA GEMM."""
+    from planforge.plugins.w4a4_gemm import kernel
+
+    x, W = _layer(kernel.LARGE_M + 77, 4096, 1100, 256, 4, dtype, seed=9)
+    xq, sx, zx, xo = ref.quantize_activations(x, W.perm, 256, 4)
+    _assert_matches_reference(kernel.linear(x, W, compute), xq, sx, zx, xo, W, 4, dtype)
