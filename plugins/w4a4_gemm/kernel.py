@@ -2,22 +2,26 @@
 
 ``quantize``: one program per token row gathers the row through ``perm``, splits off
 the outlier columns, takes the row's min/max and writes 4-bit (two per byte) or 8-bit
-codes. It follows the reference's float32 operation order with IEEE division
-(``div_rn``), so its output is bit-exact.
+codes, or one code per byte for the large-M GEMM. It follows the reference's float32
+operation order with IEEE division (``div_rn``), so its output is bit-exact.
 
-``matmul``: 4-bit codes stay packed in memory (half the bytes of int8, a quarter of
-bf16). A K tile of packed bytes is unpacked in registers into its low nibbles (even
-columns) and high nibbles (odd columns), each sign-extended to int8 by shifts, and the
-two halves go through separate int8 tensor-core dots (``tl.dot`` on int8 -> int32) so no
-interleave is needed: sum_k a_k w_k = sum_j a_2j w_2j + a_2j+1 w_2j+1. With
-``compute="fp8"`` the same integers go through e4m3 tensor cores (exact for -8..7).
-The epilogue applies token and channel scales, the zero-point correction and adds the
-fp16/bf16 outlier GEMM, then writes the output once. M <= 16 uses one fixed tile (64x128)
-instead of the autotuner, whose dispatch costs more than the decode GEMM itself.
+``matmul`` by the number of tokens M:
 
-``quik_gemv_kernel`` (M = 1): memory-bound, so CUDA cores rather than 16-row tensor-core
-tiles: each program streams BLOCK_N packed weight rows and accumulates int32 products of
-sign-extended nibbles (exact). ``linear`` runs it with the quantizer fused in (one launch).
+- M = 1: ``quik_gemv_kernel``, memory-bound, so CUDA cores rather than 16-row tensor-core
+  tiles: each program streams BLOCK_N packed weight rows and accumulates int32 products of
+  sign-extended nibbles (exact). ``linear`` runs it with the quantizer fused in (one launch).
+- 1 < M < LARGE_M: ``quik_gemm_kernel``. 4-bit codes stay packed in memory; a K tile of
+  packed bytes is unpacked in registers into its low nibbles (even columns) and high
+  nibbles (odd columns), sign-extended to int8 by shifts, and the two halves go through
+  separate int8 tensor-core dots (``tl.dot`` int8 -> int32), so no interleave is needed:
+  sum_k a_k w_k = sum_j a_2j w_2j + a_2j+1 w_2j+1. With ``compute="fp8"`` the same integers
+  go through e4m3 tensor cores (exact for -8..7). M <= 16 uses one fixed tile with K split
+  across programs (SPLIT_K, the last split of a tile writes it) instead of the autotuner,
+  whose dispatch costs more than the decode GEMM itself.
+- M >= LARGE_M: ``kernel_large_m``, codes unpacked once per call and a TMA GEMM.
+
+Every path shares ``_epilogue``: token and channel scales, the zero-point correction and
+the fp16/bf16 outlier GEMM, then one write of the output.
 """
 
 from __future__ import annotations
@@ -31,30 +35,48 @@ import triton.language as tl  # noqa: E402
 
 
 @triton.jit
+def _code(x, lo, scale, QMAX: tl.constexpr, HALF: tl.constexpr):
+    """float32 values -> signed integer codes, the quantizer's exact operation order."""
+    q = tl.math.floor(tl.math.div_rn(x - lo, scale) + 0.5)
+    return tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0).to(tl.int32) - HALF
+
+
+@triton.jit
 def quantize_kernel(X, PERM, XQ, SX, ZX, XO, KQB, KO, sxm, sxqm, sxom,
                     BITS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, UNPACKED: tl.constexpr = False):
+    """One program per token row, in chunks of BLOCK_B output bytes: min/max over the row, then
+    a second pass (the row is in L1/L2 by then) writes the codes. Whole-row tiles spilled
+    registers on long rows (K = 11008)."""
     PACK: tl.constexpr = 8 // BITS
     QMAX: tl.constexpr = (1 << BITS) - 1
     HALF: tl.constexpr = 1 << (BITS - 1)
     m = tl.program_id(0).to(tl.int64)
     row = X + m * sxm
-    offs_b = tl.arange(0, BLOCK_B)  # output bytes
+    offs_b = tl.arange(0, BLOCK_B)  # output bytes of a chunk
     offs_p = tl.arange(0, PACK)  # codes within a byte
-    bmask = offs_b < KQB
-    cols = tl.load(PERM + offs_b[:, None] * PACK + offs_p[None, :], mask=bmask[:, None], other=0)
-    x = tl.load(row + cols, mask=bmask[:, None], other=0.0).to(tl.float32)  # (BB, PACK)
-    lo = tl.min(tl.min(tl.where(bmask[:, None], x, float("inf")), 1), 0)
-    hi = tl.max(tl.max(tl.where(bmask[:, None], x, float("-inf")), 1), 0)
+    lo_v = tl.full([BLOCK_B, PACK], float("inf"), tl.float32)
+    hi_v = tl.full([BLOCK_B, PACK], float("-inf"), tl.float32)
+    for b0 in range(0, KQB, BLOCK_B):
+        bmask = (b0 + offs_b) < KQB
+        cols = tl.load(PERM + (b0 + offs_b)[:, None] * PACK + offs_p[None, :], mask=bmask[:, None], other=0)
+        x = tl.load(row + cols, mask=bmask[:, None], other=0.0).to(tl.float32)  # (BB, PACK)
+        lo_v = tl.minimum(lo_v, tl.where(bmask[:, None], x, float("inf")))
+        hi_v = tl.maximum(hi_v, tl.where(bmask[:, None], x, float("-inf")))
+    lo = tl.min(tl.min(lo_v, 1), 0)
+    hi = tl.max(tl.max(hi_v, 1), 0)
     scale = tl.math.div_rn(hi - lo, QMAX * 1.0)
     scale = tl.where(scale > 0, scale, 1.0)
-    q = tl.math.floor(tl.math.div_rn(x - lo, scale) + 0.5)
-    q = tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0).to(tl.int32) - HALF  # (BB, PACK) signed codes
-    if UNPACKED:  # one code per element, in XQ's dtype (int8 or e4m3, both exact for -8..7)
-        dst = XQ + m * sxqm + offs_b[:, None] * PACK + offs_p[None, :]
-        tl.store(dst, q.to(tl.float32).to(XQ.dtype.element_ty), mask=bmask[:, None])
-    else:
-        byte = tl.sum((q & ((1 << BITS) - 1)) << (offs_p[None, :] * BITS), 1)  # (BB,) 0..255
-        tl.store(XQ + m * sxqm + offs_b, byte.to(tl.int8), mask=bmask)
+    for b0 in range(0, KQB, BLOCK_B):
+        bmask = (b0 + offs_b) < KQB
+        cols = tl.load(PERM + (b0 + offs_b)[:, None] * PACK + offs_p[None, :], mask=bmask[:, None], other=0)
+        x = tl.load(row + cols, mask=bmask[:, None], other=0.0).to(tl.float32)
+        q = _code(x, lo, scale, QMAX, HALF)  # (BB, PACK) signed codes
+        if UNPACKED:  # one code per element, in XQ's dtype (int8 or e4m3, both exact for -8..7)
+            dst = XQ + m * sxqm + (b0 + offs_b)[:, None] * PACK + offs_p[None, :]
+            tl.store(dst, q.to(tl.float32).to(XQ.dtype.element_ty), mask=bmask[:, None])
+        else:
+            byte = tl.sum((q & ((1 << BITS) - 1)) << (offs_p[None, :] * BITS), 1)  # (BB,) 0..255
+            tl.store(XQ + m * sxqm + b0 + offs_b, byte.to(tl.int8), mask=bmask)
     tl.store(SX + m, scale)
     tl.store(ZX + m, lo + HALF * scale)
     offs_o = tl.arange(0, BLOCK_O)
@@ -180,13 +202,6 @@ def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, WS, CNT, M, N, KB, K_S
 
 
 @triton.jit
-def _code(x, lo, scale, QMAX: tl.constexpr, HALF: tl.constexpr):
-    """float32 values -> signed integer codes, the quantizer's exact operation order."""
-    q = tl.math.floor(tl.math.div_rn(x - lo, scale) + 0.5)
-    return tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0).to(tl.int32) - HALF
-
-
-@triton.jit
 def quik_gemv_kernel(X, PERM, XQ, SX, ZX, XO, WQ, SW, WSUM, WO, Y, N, KB, KO, swq, swo,
                      BITS: tl.constexpr, FUSED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      BLOCK_KO: tl.constexpr, BLOCK_X: tl.constexpr):
@@ -266,10 +281,12 @@ def quik_gemv_kernel(X, PERM, XQ, SX, ZX, XO, WQ, SW, WSUM, WO, Y, N, KB, KO, sw
     tl.store(Y + offs_n, y.to(Y.dtype.element_ty), mask=nm)
 
 
+QUANTIZE_CHUNK = 2048  # activations per chunk of the quantizer's row loops
 # (BLOCK_N, BLOCK_K, num_warps, num_stages), fixed, not autotuned (H100 sweep): the M = 1
 # kernel fed by QuikQuantize, the same kernel quantizing in place, the tensor-core kernel at 1 < M <= 16
 GEMV_CONFIG = (8, 512, 4, 3)
-SMALL_M_CONFIG = (32, 128, 4, 4, 1)  # (+ SPLIT_K) samples/tuning/sweep_w4a4.py m16: best of 192 on all three 7B shapes
+# (+ SPLIT_K) samples/tuning/sweep_w4a4.py split: best of 48 (L2 flushed) on the three 7B shapes
+SMALL_M_CONFIG = (64, 128, 4, 4, 4)
 # linear() on one token: one launch (quantize inside the GEMV) or QuikQuantize + GEMV
 FUSE_M1 = True
 
@@ -317,18 +334,18 @@ def quantize(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, bits: int = 4
     sx = torch.empty((M,), dtype=torch.float32, device=x.device)
     zx = torch.empty((M,), dtype=torch.float32, device=x.device)
     xo = torch.empty((M, n_outliers), dtype=x.dtype, device=x.device)
-    block_b = next_pow2(kqb)
     quantize_kernel[(M,)](
         x, perm, xq, sx, zx, xo, kqb, n_outliers, x.stride(0), xq.stride(0), max(1, xo.stride(0)),
-        BITS=bits, BLOCK_B=block_b, BLOCK_O=max(2, next_pow2(n_outliers)), UNPACKED=codes is not None,
-        num_warps=4 if block_b * pack <= 4096 else 8,
+        BITS=bits, BLOCK_B=min(next_pow2(kqb), QUANTIZE_CHUNK // pack), BLOCK_O=max(2, next_pow2(n_outliers)),
+        UNPACKED=codes is not None, num_warps=4,
     )
     return xq, sx, zx, xo
 
 
 # From this many tokens on, the GEMM unpacks the codes once per call and runs the TMA kernel
-# (kernel_large_m); below it, 4-bit tiles are unpacked in registers. H100 sweep: see docs/kernels.md.
-LARGE_M = 512
+# (kernel_large_m); below it, 4-bit tiles are unpacked in registers. H100, N = K = 4096
+# (sweep_w4a4.py large): 43.7 against 71.2 us at M = 128, 106 against 207 at M = 2048.
+LARGE_M = 128
 
 
 def _large_m_codes(x_q, w_q, bits: int, fp8: bool):

@@ -99,7 +99,7 @@ def test_quantize_kernel_is_bit_exact(bits, dtype, M, K, Ko):
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits,compute", [(4, "int8"), (4, "fp8"), (8, "int8")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("M", [1, 16, 33, 300, 600])  # 600 >= kernel.LARGE_M: unpacked codes, TMA GEMM
+@pytest.mark.parametrize("M", [1, 16, 33, 300, 600])  # 300, 600 >= kernel.LARGE_M: unpacked codes, TMA GEMM
 @pytest.mark.parametrize("N,K,Ko", [(4096, 4096, 256), (1000, 1100, 24), (64, 512, 0)])
 def test_matmul_kernel_matches_reference(bits, compute, dtype, M, N, K, Ko):
     from planforge.plugins.w4a4_gemm import kernel
