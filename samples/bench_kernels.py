@@ -94,8 +94,13 @@ def w4a4(quick: bool):
                 t = bench(lambda: kernel.linear(x, W, compute))
                 target = 3.0 if m <= 16 else 1.5
                 ops = 2 * m * n * k
+                note = f"{ops / t / 1e6:.0f} TOP/s"
+                if m > 16 and compute == "int8":  # the compute bound: cuBLAS's own INT8 GEMM, no quantization
+                    xi = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8)
+                    wi = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)
+                    note += f"; cuBLAS INT8 GEMM alone {ops / bench(lambda: torch._int_mm(xi, wi.T)) / 1e6:.0f}"
                 row("w4a4_gemm" if bits == 4 else "w8a8_gemm", f"M={m} N={n} K={k} {compute}", t,
-                    "cuBLAS-bf16", t_ref, target, f"{ops / t / 1e6:.0f} TOP/s")
+                    "cuBLAS-bf16", t_ref, target, note)
 
 
 def _sdpa_backends():
