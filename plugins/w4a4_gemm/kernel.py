@@ -176,7 +176,9 @@ def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, WS, CNT, M, N, KB, K_S
                      sxq, swq, sxo, swo, sy,
                      BITS: tl.constexpr, USE_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr = 1,
-                     BLOCK_KO: tl.constexpr = 64):
+                     SWAP_AB: tl.constexpr = False, BLOCK_KO: tl.constexpr = 64):
+    # SWAP_AB (few tokens): y^T = W x^T, so the unpacked weight tile is the MMA's BLOCK_N-row
+    # A operand and the tokens are its columns, instead of 16 token rows against BLOCK_N weights.
     pid = tl.program_id(0)
     pid_m, pid_n = _tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -186,17 +188,23 @@ def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, WS, CNT, M, N, KB, K_S
     nm = offs_n < N
     a_ptrs = XQ + offs_m[:, None].to(tl.int64) * sxq + offs_k[None, :]
     w_ptrs = WQ + offs_n[:, None].to(tl.int64) * swq + offs_k[None, :]
-    if USE_FP8:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_type = tl.float32 if USE_FP8 else tl.int32
+    if SWAP_AB:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], acc_type)
     else:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], acc_type)
     k_first = tl.program_id(1) * K_SPLIT
     for kk in range(0, K_SPLIT, BLOCK_K):  # the last split masks past KB
         k = k_first + kk
         km = (k + offs_k) < KB
         a = tl.load(a_ptrs + k, mask=mm[:, None] & km[None, :], other=0)  # (BM, BK) packed bytes
         w = tl.load(w_ptrs + k, mask=nm[:, None] & km[None, :], other=0)  # (BN, BK) packed bytes
-        acc = _int_dot(a, w, acc, BITS, USE_FP8)
+        if SWAP_AB:
+            acc = _int_dot(w, a, acc, BITS, USE_FP8)
+        else:
+            acc = _int_dot(a, w, acc, BITS, USE_FP8)
+    if SWAP_AB:
+        acc = tl.trans(acc)
     _epilogue(acc, offs_m, offs_n, M, N, SX, ZX, SW, WSUM, XO, WO, Y, KO, sxo, swo, sy, WS, CNT, pid,
               SPLIT_K, BLOCK_KO)
 
@@ -285,8 +293,8 @@ QUANTIZE_CHUNK = 2048  # activations per chunk of the quantizer's row loops
 # (BLOCK_N, BLOCK_K, num_warps, num_stages), fixed, not autotuned (H100 sweep): the M = 1
 # kernel fed by QuikQuantize, the same kernel quantizing in place, the tensor-core kernel at 1 < M <= 16
 GEMV_CONFIG = (8, 512, 4, 3)
-# (+ SPLIT_K) samples/tuning/sweep_w4a4.py split: best of 48 (L2 flushed) on the three 7B shapes
-SMALL_M_CONFIG = (64, 128, 4, 4, 4)
+# (+ SPLIT_K, SWAP_AB) samples/tuning/sweep_w4a4.py split: best of 112 (L2 flushed) on the three 7B shapes
+SMALL_M_CONFIG = (64, 128, 4, 4, 4, True)
 # linear() on one token: one launch (quantize inside the GEMV) or QuikQuantize + GEMV
 FUSE_M1 = True
 
@@ -361,7 +369,7 @@ def _small_m(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, fp8,
     """M <= 16: one fixed tile, K split across programs so that enough weight bytes are in flight."""
     M, kb = x_q.shape
     N, ko = w_q.shape[0], x_out.shape[1]
-    bn, bk, warps, stages, split = config or SMALL_M_CONFIG
+    bn, bk, warps, stages, split, swap = config or SMALL_M_CONFIG
     split = max(1, min(split, triton.cdiv(kb, bk)))
     tiles = triton.cdiv(N, bn)
     ws = torch.zeros(M * N + tiles, dtype=torch.int32, device=y.device) if split > 1 else y
@@ -370,7 +378,7 @@ def _small_m(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, fp8,
         ws[: M * N].view(torch.float32) if split > 1 else y, ws[M * N:] if split > 1 else y,
         M, N, kb, triton.cdiv(triton.cdiv(kb, split), bk) * bk, ko, 16, x_q.stride(0), w_q.stride(0), max(1, x_out.stride(0)), max(1, w_out.stride(0)),
         y.stride(0), BITS=bits, USE_FP8=fp8, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, SPLIT_K=split,
-        num_warps=warps, num_stages=stages,
+        SWAP_AB=swap, num_warps=warps, num_stages=stages,
     )
     return y
 

@@ -4,13 +4,14 @@
     python samples/tuning/sweep_w4a4.py fused    # M = 1 GEMV quantizing in place (kernel.linear)
     python samples/tuning/sweep_w4a4.py fusedcold  # the same, timed with L2 flushed
     python samples/tuning/sweep_w4a4.py m16      # M = 16 tensor-core kernel
-    python samples/tuning/sweep_w4a4.py split    # M = 16 with K split across programs
+    python samples/tuning/sweep_w4a4.py split    # M = 16 with K split across programs, tokens as MMA rows or columns
+    python samples/tuning/sweep_w4a4.py swap     # M = 16, around the best swapped tile
     python samples/tuning/sweep_w4a4.py split1   # M = 1 as two ops: QuikQuantize + the split-K kernel
     python samples/tuning/sweep_w4a4.py large    # M = 4096: TMA GEMM on codes unpacked once per call
 
 Prints cuBLAS BF16 and the shipped kernel.linear per shape, then every tile's time and its error
 relative to kernel.linear's output, and the six best tiles; stops starting new tiles after
-BUDGET_S seconds (second argument, default 420). ``split``, ``split1``, ``large`` and ``fusedcold`` time as
+BUDGET_S seconds (second argument, default 420). ``split``, ``split1``, ``swap``, ``large`` and ``fusedcold`` time as
 ``bench_kernels.py --cuda-graphs`` does (CUDA-graph replay, L2 flushed); the others warm.
 """
 import itertools
@@ -22,7 +23,7 @@ from triton.testing import do_bench_cudagraph
 from planforge.plugins.w4a4_gemm import kernel as K, kernel_large_m as B, outlier_permutation, quantize_weights
 which = sys.argv[1]
 budget_s = float(sys.argv[2]) if len(sys.argv) > 2 else 420.0
-if which in ("split", "split1", "large", "fusedcold"):  # the benchmark's own timing: graph replay, L2 flushed
+if which in ("split", "split1", "swap", "large", "fusedcold"):  # the benchmark's own timing: graph replay, L2 flushed
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from bench_kernels import _graphed, _median_us
     bg = lambda fn: _median_us(_graphed(fn), 100)
@@ -36,7 +37,7 @@ for n, k in shapes:
     w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
     calib = torch.rand(k, device="cuda", generator=g)
     W = quantize_weights(w, outlier_permutation(calib, 256), 256, 4)
-    m = {"m16": 16, "split": 16, "large": 4096}.get(which, 1)  # split1: M = 1
+    m = {"m16": 16, "split": 16, "swap": 16, "large": 4096}.get(which, 1)  # split1: M = 1
     x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
     xq, sx, zx, xo = K.quantize(x, W.perm, W.n_outliers, W.bits)
     ref = K.linear(x, W).float()
@@ -67,8 +68,11 @@ if which == "gemv":
     space = itertools.product([4, 8, 16, 32, 64], [128, 256, 512, 1024], [2, 4, 8], [2, 3, 4])
 elif which in ("fused", "fusedcold"):
     space = itertools.product([8, 16, 32, 64], [256, 512, 1024], [4, 8], [2, 3])
+elif which == "swap":  # around the best swapped tile of "split"
+    space = itertools.product([32, 64], [64, 128], [2, 4, 8], [3, 5], [4, 8], [True])
 elif which in ("split", "split1"):
-    space = itertools.product([16, 32, 64], [128, 256], [4], [3, 4], [1, 2, 4, 8])
+    space = [c for c in itertools.product([16, 32, 64, 128], [128, 256], [4], [3, 4], [1, 2, 4, 8], [False, True])
+             if c[5] or c[0] <= 64]
 elif which == "large":
     space = [c for c in itertools.product([128, 256], [128, 256], [64, 128], [4, 8], [3, 4], [False, True])
              if not (c[0] == c[1] == 256) and (c[3] == 8 or c[0] == c[1] == 128)]
@@ -83,7 +87,7 @@ for cfg in space:
         for (n, k), (w, W, x, xq, sx, zx, xo, ref, t_cublas, wc) in data.items():
             if which == "large":
                 fn = lambda: B.matmul_codes(xq, sx, zx, xo, wc, W.scale, W.wsum, W.outliers, config=cfg)
-            elif which == "split":
+            elif which in ("split", "swap"):
                 fn = lambda: K._small_m(xq, sx, zx, xo, W.packed, W.scale, W.wsum, W.outliers, 4, False,
                                         torch.empty((16, n), dtype=x.dtype, device="cuda"), config=cfg)
             elif which == "gemv":
@@ -97,7 +101,7 @@ for cfg in space:
                                       torch.empty((1, n), dtype=x.dtype, device="cuda"), config=cfg)
             else:
                 fn = lambda: K._small_m(xq, sx, zx, xo, W.packed, W.scale, W.wsum, W.outliers, 4, False,
-                                        torch.empty((16, n), dtype=x.dtype, device="cuda"), config=cfg + (1,))
+                                        torch.empty((16, n), dtype=x.dtype, device="cuda"), config=cfg + (1, False))
             err = (fn().float() - ref).abs().max().item() / ref.abs().max().item()
             row.append((bg(fn), t_cublas, err))
     except Exception as e:

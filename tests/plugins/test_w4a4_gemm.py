@@ -165,9 +165,11 @@ def test_codes_are_the_unpacked_reference_bit_for_bit(codes, K, Ko):
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits,fp8", [(4, False), (4, True), (8, False)])
 @pytest.mark.parametrize("split", [1, 3, 8])
+@pytest.mark.parametrize("swap", [False, True])
 @pytest.mark.parametrize("M", [1, 5, 16])
-def test_small_m_split_k_matches_reference(bits, fp8, split, M):
-    """M <= 16 with K split across programs: the last split of each tile writes the sum."""
+def test_small_m_split_k_matches_reference(bits, fp8, split, swap, M):
+    """M <= 16 with K split across programs (the last split of each tile writes the sum), with
+    the tokens as the MMA's rows or (swap) its columns."""
     from planforge.plugins.w4a4_gemm import kernel
 
     x, W = _layer(M, 4096, 1000, 256, bits, torch.bfloat16, seed=split * 100 + M)
@@ -175,7 +177,7 @@ def test_small_m_split_k_matches_reference(bits, fp8, split, M):
     for _ in range(2):  # the counters start from zero on every call
         y = torch.empty((M, 1000), dtype=x.dtype, device="cuda")
         got = kernel._small_m(xq, sx, zx, xo, W.packed, W.scale, W.wsum, W.outliers, bits, fp8, y,
-                              config=(32, 128, 4, 3, split))
+                              config=(64 if swap else 32, 128, 4, 3, split, swap))
         _assert_matches_reference(got, xq, sx, zx, xo, W, bits, torch.bfloat16)
 
 
