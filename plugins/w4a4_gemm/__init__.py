@@ -10,8 +10,10 @@ byte; 8: one per byte): outputs ``x_q int8, x_scale f32 [M], x_zero f32 [M], x_o
 symmetric per-channel weight codes packed like the activations. ``bits=8`` is the variant
 QUIK keeps for LLaMA's down_proj. The exact formulas are in ``reference.py``.
 
-On Hopper the 4-bit codes stay packed in memory and are unpacked in registers onto INT8
-(or FP8 e4m3) tensor cores: Hopper has no INT4 MMA.
+On Hopper the 4-bit codes stay packed in memory and are computed on INT8 (or FP8 e4m3)
+tensor cores: Hopper has no INT4 MMA. Few tokens unpack them in registers; from
+``kernel.LARGE_M`` tokens on, the GEMM unpacks them once per call into a temporary
+(``kernel_large_m``).
 """
 
 from .ops import quik_linear, quik_matmul, quik_quantize

@@ -366,7 +366,8 @@ def _large_m_codes(x_q, w_q, bits: int, fp8: bool):
 
 
 def _small_m(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, fp8, y, config=None):
-    """M <= 16: one fixed tile, K split across programs so that enough weight bytes are in flight."""
+    """M <= 16: one fixed tile (config: BLOCK_N, BLOCK_K, warps, stages, SPLIT_K, SWAP_AB), K split
+    across programs so that enough weight bytes are in flight."""
     M, kb = x_q.shape
     N, ko = w_q.shape[0], x_out.shape[1]
     bn, bk, warps, stages, split, swap = config or SMALL_M_CONFIG
