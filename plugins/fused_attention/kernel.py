@@ -1,9 +1,9 @@
 """Triton kernels for fused attention: FlashAttention-style prefill and split-K decode.
 
-Prefill: one program per (query block, batch x query head). Causal blocks left of
-the diagonal run without masks; the diagonal blocks, and every block of the
-sliding-window path, are masked. With a window, the key loop covers only the sink
-keys plus the window, so the work per query is flat in sequence length.
+Prefill: one program per (query block, batch x query head), Q/K/V read through TMA
+descriptors. Causal blocks left of the diagonal run without masks; the diagonal blocks,
+and every block of the sliding-window path, are masked. With a window, the key loop
+covers only the sink keys plus the window, so the work per query is flat in sequence length.
 
 Decode (FlashDecoding): the cache of each sequence is split into ``num_splits``
 chunks by its own length. A program handles one (chunk, batch x KV head) and all
@@ -27,52 +27,53 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, qpos, qk_scale,
-               lo, hi, key_end, window, sinks,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, WINDOWED: tl.constexpr):
+def _attn_loop(acc, l_i, m_i, q, k_desc, v_desc, b, hkv, qpos, qk_scale, lo, hi, key_end, window, sinks,
+               HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, WINDOWED: tl.constexpr):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         kpos = start_n + offs_n  # (BN,)
+        k = k_desc.load([b, hkv, start_n, 0]).reshape([BLOCK_N, HEAD_D])  # TMA: zeros past Skv
+        qk = tl.dot(q, k.T)  # (BM, BN)
         if MASKED:
-            kin = kpos < key_end
-            k = tl.load(k_ptrs + start_n * stride_kn, mask=kin[None, :], other=0.0)  # (D, BN)
-        else:
-            k = tl.load(k_ptrs + start_n * stride_kn)  # (D, BN)
-        qk = tl.dot(q, k) * qk_scale  # (BM, BN), log2 domain
-        if MASKED:
-            vis = (kpos[None, :] <= qpos[:, None]) & kin[None, :]
+            vis = (kpos[None, :] <= qpos[:, None]) & (kpos < key_end)[None, :]
             if WINDOWED:
                 vis &= ((qpos[:, None] - kpos[None, :]) < window) | (kpos[None, :] < sinks)
             qk = tl.where(vis, qk, float("-inf"))
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_ij[:, None])
+        # the scale rides on the max and the exponent's FMA (log2 domain) instead of its own pass
+        m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
         alpha = tl.math.exp2(m_i - m_ij)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED:
-            v = tl.load(v_ptrs + start_n * stride_vn, mask=kin[:, None], other=0.0)  # (BN, D)
-        else:
-            v = tl.load(v_ptrs + start_n * stride_vn)
+        v = v_desc.load([b, hkv, start_n, 0]).reshape([BLOCK_N, HEAD_D])  # (BN, D)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_ij
     return acc, l_i, m_i
 
+
+def _set_prefill_blocks(nargs):
+    d = nargs["HEAD_D"]
+    nargs["q_desc"].block_shape = [1, 1, nargs["BLOCK_M"], d]
+    nargs["k_desc"].block_shape = [1, 1, nargs["BLOCK_N"], d]
+    nargs["v_desc"].block_shape = [1, 1, nargs["BLOCK_N"], d]
+
+
 def _prefill_configs():
+    # H100/H200 sweeps (samples/tuning/sweep_prefill_tma.py): 64 x 64 on 4 warps is the best TMA
+    # tile for D = 128 causal; the others are the previous kernel's best and cover D = 64
+    tiles = [(64, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
     if interpreting():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
-    ]
+        tiles = [(16, 16, 4, 1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_set_prefill_blocks)
+            for bm, bn, w, st in tiles]
+
 
 @triton.autotune(configs=_prefill_configs(), key=["HEAD_D", "WINDOWED", "LONG"])
 @triton.jit
-def prefill_kernel(Q, K, V, O, qk_scale, Sq, Skv, Hq, G, window, sinks,
-                   sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
+def prefill_kernel(q_desc, k_desc, v_desc, O, qk_scale, Sq, Skv, Hq, G, window, sinks, sob, soh, sos,
                    HEAD_D: tl.constexpr, WINDOWED: tl.constexpr, LONG: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Q, K, V are read through 4-D TMA descriptors over (B, H, S, D): a block past the end of
+    a sequence comes back as zeros, so only the causal / window visibility is masked."""
     num_m = tl.cdiv(Sq, BLOCK_M)
     start_m = num_m - 1 - tl.program_id(0)  # longest rows first
     bh = tl.program_id(1)
@@ -81,12 +82,7 @@ def prefill_kernel(Q, K, V, O, qk_scale, Sq, Skv, Hq, G, window, sinks,
     hkv = h // G
     offset = Skv - Sq  # absolute position of query row 0
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_D)
-    q_ptrs = Q + b.to(tl.int64) * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=offs_m[:, None] < Sq, other=0.0)  # (BM, D)
-    k_ptrs = K + b.to(tl.int64) * skb + hkv * skh + offs_n[None, :] * sks + offs_d[:, None]
-    v_ptrs = V + b.to(tl.int64) * svb + hkv * svh + offs_n[:, None] * svs + offs_d[None, :]
+    q = q_desc.load([b, h, start_m * BLOCK_M, 0]).reshape([BLOCK_M, HEAD_D])  # (BM, D)
     qpos = offset + offs_m
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -96,17 +92,18 @@ def prefill_kernel(Q, K, V, O, qk_scale, Sq, Skv, Hq, G, window, sinks,
     if WINDOWED:
         lo = tl.maximum(first_q - window + 1, 0) // BLOCK_N * BLOCK_N
         sink_hi = tl.minimum(sinks, lo)
-        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, qpos, qk_scale,
-                                   0, sink_hi, sink_hi, window, sinks, BLOCK_N, True, False)
-        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, qpos, qk_scale,
-                                   lo, hi, Skv, window, sinks, BLOCK_N, True, True)
+        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_desc, v_desc, b, hkv, qpos, qk_scale,
+                                   0, sink_hi, sink_hi, window, sinks, HEAD_D, BLOCK_N, True, False)
+        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_desc, v_desc, b, hkv, qpos, qk_scale,
+                                   lo, hi, Skv, window, sinks, HEAD_D, BLOCK_N, True, True)
     else:
         diag = first_q // BLOCK_N * BLOCK_N
-        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, qpos, qk_scale,
-                                   0, diag, Skv, window, sinks, BLOCK_N, False, False)
-        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, qpos, qk_scale,
-                                   diag, hi, Skv, window, sinks, BLOCK_N, True, False)
+        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_desc, v_desc, b, hkv, qpos, qk_scale,
+                                   0, diag, Skv, window, sinks, HEAD_D, BLOCK_N, False, False)
+        acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, k_desc, v_desc, b, hkv, qpos, qk_scale,
+                                   diag, hi, Skv, window, sinks, HEAD_D, BLOCK_N, True, False)
     out = acc / l_i[:, None]
+    offs_d = tl.arange(0, HEAD_D)
     o_ptrs = O + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < Sq)
 
@@ -198,20 +195,37 @@ def _check_common(q, k, v):
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "head dim must be contiguous"
 
 
-def prefill(q, k, v, scale: float = 0.0, window: int = 0, sinks: int = 0) -> torch.Tensor:
-    """Triton causal prefill attention; see reference.attention_prefill."""
+def _tma_view(t: torch.Tensor) -> torch.Tensor:
+    """t itself when TMA can read it (16-byte aligned base and strides), else a contiguous copy."""
+    size = t.element_size()
+    aligned = t.data_ptr() % 16 == 0 and all((st * size) % 16 == 0 for st in t.stride()[:-1])
+    return t if aligned else t.contiguous()
+
+
+def prefill(q, k, v, scale: float = 0.0, window: int = 0, sinks: int = 0, config=None) -> torch.Tensor:
+    """Triton causal prefill attention; see reference.attention_prefill.
+
+    config: (BLOCK_M, BLOCK_N, warps, stages) instead of the autotuner (sweeps)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: PLC0415
+
     _check_common(q, k, v)
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     assert Hq % Hkv == 0 and Skv >= Sq
+    q, k, v = _tma_view(q), _tma_view(k), _tma_view(v)
     o = torch.empty_like(q)
-    grid = lambda meta: (triton_cdiv(Sq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    prefill_kernel[grid](
-        q, k, v, o, _qk_scale(scale, D), Sq, Skv, Hq, Hq // Hkv, window, sinks,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        HEAD_D=D, WINDOWED=window > 0, LONG=Sq >= 1024,
-    )
+    # block shapes are placeholders: the autotuner's pre_hook sets each config's
+    q_desc, k_desc, v_desc = (TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, D]) for t in (q, k, v))
+    args = (q_desc, k_desc, v_desc, o, _qk_scale(scale, D), Sq, Skv, Hq, Hq // Hkv, window, sinks,
+            o.stride(0), o.stride(1), o.stride(2))
+    flags = dict(HEAD_D=D, WINDOWED=window > 0, LONG=Sq >= 1024)
+    if config is None:
+        prefill_kernel[lambda meta: (triton_cdiv(Sq, meta["BLOCK_M"]), B * Hq)](*args, **flags)
+        return o
+    bm, bn, warps, stages = config
+    _set_prefill_blocks(dict(q_desc=q_desc, k_desc=k_desc, v_desc=v_desc, BLOCK_M=bm, BLOCK_N=bn, HEAD_D=D))
+    prefill_kernel.fn[(triton_cdiv(Sq, bm), B * Hq)](*args, **flags, BLOCK_M=bm, BLOCK_N=bn,
+                                                     num_warps=warps, num_stages=stages)
     return o
 
 

@@ -1,40 +1,49 @@
 """Config sweep of the fused_attention prefill kernel on a GPU (causal, B1 H32 S4096 D128 bf16).
 
-    python samples/tuning/sweep_prefill.py
+    python samples/tuning/sweep_prefill.py [BUDGET_S]
 
-Times every (BLOCK_M, BLOCK_N, warps, stages) of the existing kernel against cuDNN SDPA in the same
-run and checks each against cuDNN's output (docs/kernels.md: none beat the autotuner's pick).
+Times cuDNN and SDPA-flash, the shipped kernel (autotuned), then every (BLOCK_M, BLOCK_N, warps,
+stages) of it through ``kernel.prefill(config=)``, each checked against cuDNN's output; stops
+starting new configs after BUDGET_S seconds (default 300).
 """
 import itertools
+import sys
+import time
+
 import torch
-import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
+
 from planforge.plugins.fused_attention import kernel as K
+
+budget_s = float(sys.argv[1]) if len(sys.argv) > 1 else 300.0
+start = time.time()
 B, H, S, D = 1, 32, 4096, 128
 q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-b = lambda fn: do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
-from torch.nn.attention import sdpa_kernel, SDPBackend
-with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-    t_cudnn = b(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
-    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+bench = lambda fn: do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3  # noqa: E731
 flops = 4 * B * H * S * S * D / 2
-print("cudnn", t_cudnn, flops / t_cudnn / 1e6, "current", b(lambda: K.prefill(q, k, v)), flush=True)
-fn = K.prefill_kernel.fn
+sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+    t_cudnn = bench(sdpa)
+    ref = sdpa().float()
+with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+    t_flash = bench(sdpa)
+t_cur = bench(lambda: K.prefill(q, k, v))
+print(f"cuDNN {t_cudnn:.1f} us ({flops / t_cudnn / 1e6:.0f} TF/s), flash {t_flash:.1f}, shipped kernel {t_cur:.1f}"
+      f" ({t_cudnn / t_cur:.3f}x cuDNN, {t_flash / t_cur:.3f}x flash)", flush=True)
 res = []
-for bm, bn, w, st in itertools.product([64, 128], [32, 64, 128], [4, 8], [2, 3, 4, 5]):
-    def run():
-        o = torch.empty_like(q)
-        fn[(triton.cdiv(S, bm), B * H)](q, k, v, o, K._qk_scale(0.0, D), S, S, H, 1, 0, 0,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-            HEAD_D=D, WINDOWED=False, LONG=True, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
-        return o
+for cfg in itertools.product([64, 128], [32, 64, 128], [4, 8], [2, 3, 4]):
+    if time.time() - start > budget_s:
+        print("time budget hit")
+        break
     try:
-        err = (run().float() - ref.float()).abs().max().item()
-        t = b(run)
-    except Exception as e:
-        print("fail", bm, bn, w, st, type(e).__name__, str(e)[:80], flush=True); continue
-    res.append((t, bm, bn, w, st, err))
-    print(f"{bm} {bn} {w} {st} {t:7.1f} us {flops / t / 1e6:5.0f} TF/s vs cudnn {t_cudnn / t:.3f} err {err:.1e}", flush=True)
+        err = (K.prefill(q, k, v, config=cfg).float() - ref).abs().max().item()
+        t = bench(lambda: K.prefill(q, k, v, config=cfg))
+    except Exception as e:  # noqa: BLE001 - a config that does not fit is reported and skipped
+        print("fail", cfg, type(e).__name__, str(e)[:80], flush=True)
+        continue
+    res.append((t, cfg, err))
+    print(f"{cfg} {t:7.1f} us {flops / t / 1e6:4.0f} TF/s {t_cudnn / t:.3f}x cuDNN {t_flash / t:.3f}x flash"
+          f" err {err:.1e}", flush=True)
 res.sort()
-print("best", res[:5])
+print("best", res[:4])
