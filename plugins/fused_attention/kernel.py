@@ -122,8 +122,10 @@ def _decode_configs():
 def decode_split_kernel(Q, K, V, L, Opart, LSEpart, GROUPS, qk_scale, Hq, NG,
                         sqb, sqh, skb, skh, sks, svb, svh, svs,
                         NUM_SPLITS: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
-                        HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GROUPS: tl.constexpr):
-    # NG KV groups per sequence: all Hkv heads, or the selected ones listed in GROUPS (B, NG)
+                        HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GROUPS: tl.constexpr,
+                        TMA: tl.constexpr = False):
+    # NG KV groups per sequence: all Hkv heads, or the selected ones listed in GROUPS (B, NG).
+    # TMA: K and V are 4-D descriptors over the caches (B, Hkv, Smax, D) instead of pointers.
     split = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // NG
@@ -142,21 +144,28 @@ def decode_split_kernel(Q, K, V, L, Opart, LSEpart, GROUPS, qk_scale, Hq, NG,
     heads = slot * G + offs_g  # (G_PAD,) query heads of this KV group
     q = tl.load(Q + b.to(tl.int64) * sqb + heads[:, None] * sqh + offs_d[None, :],
                 mask=offs_g[:, None] < G, other=0.0)  # (G_PAD, D)
-    k_ptrs = K + b.to(tl.int64) * skb + hkv * skh + offs_n[None, :] * sks + offs_d[:, None]
-    v_ptrs = V + b.to(tl.int64) * svb + hkv * svh + offs_n[:, None] * svs + offs_d[None, :]
+    if not TMA:
+        k_ptrs = K + b.to(tl.int64) * skb + hkv * skh + offs_n[None, :] * sks + offs_d[:, None]
+        v_ptrs = V + b.to(tl.int64) * svb + hkv * svh + offs_n[:, None] * svs + offs_d[None, :]
     m_i = tl.full([G_PAD], -1.0e30, tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, HEAD_D], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         kin = (start_n + offs_n) < hi
-        k = tl.load(k_ptrs + start_n * sks, mask=kin[None, :], other=0.0)  # (D, BN)
+        if TMA:
+            k = K.load([b, hkv, start_n, 0]).reshape([BLOCK_N, HEAD_D]).T  # (D, BN)
+        else:
+            k = tl.load(k_ptrs + start_n * sks, mask=kin[None, :], other=0.0)  # (D, BN)
         qk = tl.dot(q, k) * qk_scale
         qk = tl.where(kin[None, :], qk, float("-inf"))
         m_ij = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.math.exp2(qk - m_ij[:, None])
         alpha = tl.math.exp2(m_i - m_ij)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptrs + start_n * svs, mask=kin[:, None], other=0.0)  # (BN, D)
+        if TMA:  # cache slots past the length may hold anything (NaN * 0 is NaN): zero them
+            v = tl.where(kin[:, None], V.load([b, hkv, start_n, 0]).reshape([BLOCK_N, HEAD_D]), 0.0)
+        else:
+            v = tl.load(v_ptrs + start_n * svs, mask=kin[:, None], other=0.0)  # (BN, D)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_ij
     has = l_i > 0
@@ -244,9 +253,9 @@ def default_num_splits(batch_kv_heads: int, smax: int, device) -> int:
     return max(1, min(triton_cdiv(sms, batch_kv_heads), triton_cdiv(smax, 256)))
 
 
-# (BLOCK_N, num_warps, num_stages) of the split kernel: fixed (autotuning it gave a different
+# (BLOCK_N, num_warps, num_stages, TMA) of the split kernel: fixed (autotuning it gave a different
 # pick from run to run for one long sequence, up to 1.5x apart); the sweep's best for both cases
-DECODE_CONFIG = (64, 4, 3)
+DECODE_CONFIG = (64, 4, 3, False)  # (+ TMA descriptors for K/V)
 
 
 def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 0,
@@ -266,16 +275,22 @@ def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 
     if groups is not None:
         assert groups.dtype == torch.int32 and groups.is_contiguous() and groups.shape[0] == B
     splits = num_splits or default_num_splits(B * ng, Smax, q.device)
-    block_n, warps, stages = config or DECODE_CONFIG
+    block_n, warps, stages, tma = config or DECODE_CONFIG
+    kv = (k_cache, v_cache)
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: PLC0415
+
+        kv = tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, block_n, D])
+                   for t in (_tma_view(k_cache), _tma_view(v_cache)))
     o_part = torch.empty((B * Hq * splits, D), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((B * Hq * splits,), dtype=torch.float32, device=q.device)
     decode_split_kernel.fn[(splits, B * ng)](
-        q, k_cache, v_cache, seq_lens, o_part, lse_part, seq_lens if groups is None else groups,
+        q, *kv, seq_lens, o_part, lse_part, seq_lens if groups is None else groups,
         _qk_scale(scale, D), Hq, ng,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_SPLITS=splits, G=g, G_PAD=max(16, next_pow2(g)), HEAD_D=D, HAS_GROUPS=groups is not None,
-        BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+        BLOCK_N=block_n, TMA=tma, num_warps=warps, num_stages=stages,
     )
     o = torch.empty_like(q)
     decode_combine_kernel[(B * Hq,)](

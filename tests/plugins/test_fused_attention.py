@@ -125,6 +125,24 @@ def test_decode_kernel_matches_reference_on_ragged_lengths(dtype, D, B, Hq, Hkv,
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("tma", [False, True])
+@pytest.mark.parametrize("Smax", [63, 1000, 4099])
+def test_decode_kernel_ignores_cache_slots_past_the_length(tma, Smax):
+    """Slots past a sequence's length hold NaN here (a cache is not cleared): the answer must not see them."""
+    from planforge.plugins.fused_attention import kernel
+
+    gen = torch.Generator(device="cuda").manual_seed(Smax)
+    q = _rand((3, 16, 128), torch.bfloat16, gen)
+    k, v = _rand((3, 4, Smax, 128), torch.bfloat16, gen), _rand((3, 4, Smax, 128), torch.bfloat16, gen)
+    lens = torch.tensor([Smax, 1, Smax // 2 + 1], device="cuda", dtype=torch.int32)
+    want = attention_decode(q, k, v, lens).float()
+    for b, n in enumerate(lens.tolist()):
+        k[b, :, n:], v[b, :, n:] = float("nan"), float("nan")
+    got = kernel.decode(q, k, v, lens, config=(64, 4, 3, tma))
+    torch.testing.assert_close(got.float(), want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("num_splits", [1, 3, 64])
 def test_decode_kernel_any_split_count_gives_the_same_answer(num_splits):
     from planforge.plugins.fused_attention import kernel
