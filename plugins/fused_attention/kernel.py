@@ -58,8 +58,8 @@ def _set_prefill_blocks(nargs):
 
 
 def _prefill_configs():
-    # H100/H200 sweeps (samples/tuning/sweep_prefill_tma.py): 64 x 64 on 4 warps is the best TMA
-    # tile for D = 128 causal; the others are the previous kernel's best and cover D = 64
+    # samples/tuning/sweep_prefill.py (H200 and H100): 64 x 64 on 4 warps is the best TMA tile for
+    # D = 128 causal, 128 x 128 on 8 the runner-up; the others cover smaller head dims
     tiles = [(64, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
     if interpreting():
         tiles = [(16, 16, 4, 1)]
@@ -204,27 +204,35 @@ def _check_common(q, k, v):
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "head dim must be contiguous"
 
 
-def _tma_view(t: torch.Tensor) -> torch.Tensor:
-    """t itself when TMA can read it (16-byte aligned base and strides), else a contiguous copy."""
+def _descriptor(t: torch.Tensor, block_rows: int):
+    """A 4-D TMA descriptor over t (B, H, S, D), blocks of (1, 1, block_rows, D).
+
+    TMA needs a 16-byte aligned base and 16-byte multiples for every stride but the last:
+    a size-1 dimension's stride is never used, so it is replaced; anything else unaligned
+    (an offset view, an odd stride) is read from an aligned contiguous copy."""
+    from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: PLC0415
+
     size = t.element_size()
-    aligned = t.data_ptr() % 16 == 0 and all((st * size) % 16 == 0 for st in t.stride()[:-1])
-    return t if aligned else t.contiguous()
+    strides = [st if n > 1 else t.shape[i + 1:].numel() for i, (n, st) in enumerate(zip(t.shape, t.stride()))]
+    if t.data_ptr() % 16 or any((st * size) % 16 for st in strides[:-1]):
+        t = t.clone(memory_format=torch.contiguous_format)
+        strides = list(t.stride())
+    return TensorDescriptor(t, list(t.shape), strides, [1, 1, block_rows, t.shape[-1]])
 
 
 def prefill(q, k, v, scale: float = 0.0, window: int = 0, sinks: int = 0, config=None) -> torch.Tensor:
     """Triton causal prefill attention; see reference.attention_prefill.
 
     config: (BLOCK_M, BLOCK_N, warps, stages) instead of the autotuner (sweeps)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: PLC0415
-
     _check_common(q, k, v)
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     assert Hq % Hkv == 0 and Skv >= Sq
-    q, k, v = _tma_view(q), _tma_view(k), _tma_view(v)
-    o = torch.empty_like(q)
-    # block shapes are placeholders: the autotuner's pre_hook sets each config's
-    q_desc, k_desc, v_desc = (TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, D]) for t in (q, k, v))
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if o.numel() == 0:
+        return o
+    # block rows are placeholders: the autotuner's pre_hook sets each config's
+    q_desc, k_desc, v_desc = (_descriptor(t, 16) for t in (q, k, v))
     args = (q_desc, k_desc, v_desc, o, _qk_scale(scale, D), Sq, Skv, Hq, Hq // Hkv, window, sinks,
             o.stride(0), o.stride(1), o.stride(2))
     flags = dict(HEAD_D=D, WINDOWED=window > 0, LONG=Sq >= 1024)
@@ -278,10 +286,7 @@ def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 
     block_n, warps, stages, tma = config or DECODE_CONFIG
     kv = (k_cache, v_cache)
     if tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: PLC0415
-
-        kv = tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, block_n, D])
-                   for t in (_tma_view(k_cache), _tma_view(v_cache)))
+        kv = (_descriptor(k_cache, block_n), _descriptor(v_cache, block_n))
     o_part = torch.empty((B * Hq * splits, D), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((B * Hq * splits,), dtype=torch.float32, device=q.device)
     decode_split_kernel.fn[(splits, B * ng)](

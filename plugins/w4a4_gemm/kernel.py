@@ -15,10 +15,13 @@ operation order with IEEE division (``div_rn``), so its output is bit-exact.
   nibbles (odd columns), sign-extended to int8 by shifts, and the two halves go through
   separate int8 tensor-core dots (``tl.dot`` int8 -> int32), so no interleave is needed:
   sum_k a_k w_k = sum_j a_2j w_2j + a_2j+1 w_2j+1. With ``compute="fp8"`` the same integers
-  go through e4m3 tensor cores (exact for -8..7). M <= 16 uses one fixed tile with K split
-  across programs (SPLIT_K, the last split of a tile writes it) instead of the autotuner,
-  whose dispatch costs more than the decode GEMM itself.
-- M >= LARGE_M: ``kernel_large_m``, codes unpacked once per call and a TMA GEMM.
+  go through e4m3 tensor cores (exact for -8..7, and every MMA's sum is promoted to the
+  float32 accumulator). M <= 16 uses one fixed tile with K split across programs (SPLIT_K,
+  the last split of a tile adds the splits in order and writes it) instead of the
+  autotuner, whose dispatch costs more than the decode GEMM itself.
+- M >= LARGE_M: ``kernel_large_m``, codes unpacked once per call and a TMA GEMM (8-bit
+  codes whose rows TMA cannot address, K - n_outliers not a multiple of 16, stay on
+  ``quik_gemm_kernel``).
 
 Every path shares ``_epilogue``: token and channel scales, the zero-point correction and
 the fp16/bf16 outlier GEMM, then one write of the output.
@@ -97,15 +100,15 @@ def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.c
 
 
 @triton.jit
-def _epilogue(acc, offs_m, offs_n, M, N, SX, ZX, SW, WSUM, XO, WO, Y, KO, sxo, swo, sy, WS, CNT, tile,
+def _epilogue(acc, offs_m, offs_n, M, N, SX, ZX, SW, WSUM, XO, WO, Y, KO, sxo, swo, sy, WS, CNT, tile, split,
               SPLIT_K: tl.constexpr, BLOCK_KO: tl.constexpr):
     """y = acc sx sw + zx (sw wsum) + x_out @ w_out^T for one (BM, BN) tile, written once in Y's dtype.
 
-    SPLIT_K > 1: program (tile, s) holds split s of K. Each split adds its share in float32 to
-    the zeroed workspace WS (split 0 adds the zero-point term, the outlier columns are dealt
-    out in BLOCK_KO chunks); the last split of the tile to arrive (counter CNT[tile]) reads
-    the sum back and writes Y, so no second launch is needed."""
-    split = tl.program_id(1)
+    SPLIT_K > 1: this program holds split ``split`` of K. Each split writes its share in float32
+    to its own slice of the workspace WS (SPLIT_K, M, N) (split 0 adds the zero-point term, the
+    outlier columns are dealt out in BLOCK_KO chunks); the last split of the tile to arrive
+    (counter CNT[tile]) adds the slices in split order and writes Y: one launch, and the same
+    bits on every call whatever order the splits finish in."""
     mm = offs_m < M
     nm = offs_n < N
     sx = tl.load(SX + offs_m, mask=mm, other=0.0)
@@ -125,15 +128,18 @@ def _epilogue(acc, offs_m, offs_n, M, N, SX, ZX, SW, WSUM, XO, WO, Y, KO, sxo, s
         wo = tl.load(wo_ptrs + k, mask=nm[:, None] & om[None, :], other=0.0)  # (BN, BKO)
         y = tl.dot(xo, tl.trans(wo), y)
     mask = mm[:, None] & nm[None, :]
+    y_ptrs = Y + offs_m[:, None].to(tl.int64) * sy + offs_n[None, :]
     if SPLIT_K > 1:
-        ws_ptrs = WS + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-        tl.atomic_add(ws_ptrs, y, mask=mask)
-        tl.debug_barrier()  # every thread's share is in before the tile's counter moves
-        if tl.atomic_add(CNT + tile, 1) == SPLIT_K - 1:
-            y = tl.atomic_add(ws_ptrs, tl.zeros_like(y), mask=mask)  # read the sum at L2
-            tl.store(Y + offs_m[:, None].to(tl.int64) * sy + offs_n[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        ws_ptrs = WS + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]  # slice 0
+        tl.store(ws_ptrs + split.to(tl.int64) * M * N, y, mask=mask)
+        tl.debug_barrier()  # every thread's share is written before the tile's counter moves (release)
+        if tl.atomic_add(CNT + tile, 1, sem="acq_rel") == SPLIT_K - 1:
+            y = tl.zeros_like(y)
+            for s in tl.static_range(SPLIT_K):  # fixed order: deterministic sums
+                y += tl.load(ws_ptrs + s * M * N, mask=mask, other=0.0, volatile=True)
+            tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mask)
     else:
-        tl.store(Y + offs_m[:, None].to(tl.int64) * sy + offs_n[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -144,9 +150,12 @@ def _int_dot(a, w, acc, BITS: tl.constexpr, USE_FP8: tl.constexpr):
         a_hi = a >> 4  # high nibbles: odd columns
         w_lo = (w << 4) >> 4
         w_hi = w >> 4
-        if USE_FP8:
-            acc = tl.dot(a_lo.to(tl.float16).to(tl.float8e4nv), tl.trans(w_lo.to(tl.float16).to(tl.float8e4nv)), acc)
-            acc = tl.dot(a_hi.to(tl.float16).to(tl.float8e4nv), tl.trans(w_hi.to(tl.float16).to(tl.float8e4nv)), acc)
+        if USE_FP8:  # max_num_imprecise_acc=0: every MMA's sum goes to the float32 accumulator, so the
+            # integer sums stay exact (Hopper's FP8 MMA keeps a narrower running sum otherwise)
+            a_lo, a_hi = a_lo.to(tl.float16).to(tl.float8e4nv), a_hi.to(tl.float16).to(tl.float8e4nv)
+            w_lo, w_hi = w_lo.to(tl.float16).to(tl.float8e4nv), w_hi.to(tl.float16).to(tl.float8e4nv)
+            acc = tl.dot(a_lo, tl.trans(w_lo), acc, max_num_imprecise_acc=0)
+            acc = tl.dot(a_hi, tl.trans(w_hi), acc, max_num_imprecise_acc=0)
         else:
             acc = tl.dot(a_lo, tl.trans(w_lo), acc, out_dtype=tl.int32)
             acc = tl.dot(a_hi, tl.trans(w_hi), acc, out_dtype=tl.int32)
@@ -206,7 +215,7 @@ def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, WS, CNT, M, N, KB, K_S
     if SWAP_AB:
         acc = tl.trans(acc)
     _epilogue(acc, offs_m, offs_n, M, N, SX, ZX, SW, WSUM, XO, WO, Y, KO, sxo, swo, sy, WS, CNT, pid,
-              SPLIT_K, BLOCK_KO)
+              tl.program_id(1), SPLIT_K, BLOCK_KO)
 
 
 @triton.jit
@@ -290,8 +299,8 @@ def quik_gemv_kernel(X, PERM, XQ, SX, ZX, XO, WQ, SW, WSUM, WO, Y, N, KB, KO, sw
 
 
 QUANTIZE_CHUNK = 2048  # activations per chunk of the quantizer's row loops
-# (BLOCK_N, BLOCK_K, num_warps, num_stages), fixed, not autotuned (H100 sweep): the M = 1
-# kernel fed by QuikQuantize, the same kernel quantizing in place, the tensor-core kernel at 1 < M <= 16
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) of the M = 1 GEMV fed by QuikQuantize, fixed, not
+# autotuned (H100 sweep); _fused_config below is the same kernel quantizing in place
 GEMV_CONFIG = (8, 512, 4, 3)
 # (+ SPLIT_K, SWAP_AB) samples/tuning/sweep_w4a4.py split: best of 112 (L2 flushed) on the three 7B shapes
 SMALL_M_CONFIG = (64, 128, 4, 4, 4, True)
@@ -370,13 +379,16 @@ def _small_m(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, fp8,
     across programs so that enough weight bytes are in flight."""
     M, kb = x_q.shape
     N, ko = w_q.shape[0], x_out.shape[1]
+    assert M <= 16, "one 16-row tile"
     bn, bk, warps, stages, split, swap = config or SMALL_M_CONFIG
     split = max(1, min(split, triton.cdiv(kb, bk)))
     tiles = triton.cdiv(N, bn)
-    ws = torch.zeros(M * N + tiles, dtype=torch.int32, device=y.device) if split > 1 else y
+    partials, counters = y, y
+    if split > 1:  # float32 slice per split (written whole, no clearing) and a zeroed counter per tile
+        partials = torch.empty((split, M, N), dtype=torch.float32, device=y.device)
+        counters = torch.zeros((tiles,), dtype=torch.int32, device=y.device)
     quik_gemm_kernel.fn[(tiles, split)](
-        x_q, w_q, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y,
-        ws[: M * N].view(torch.float32) if split > 1 else y, ws[M * N:] if split > 1 else y,
+        x_q, w_q, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y, partials, counters,
         M, N, kb, triton.cdiv(triton.cdiv(kb, split), bk) * bk, ko, 16, x_q.stride(0), w_q.stride(0), max(1, x_out.stride(0)), max(1, w_out.stride(0)),
         y.stride(0), BITS=bits, USE_FP8=fp8, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, SPLIT_K=split,
         SWAP_AB=swap, num_warps=warps, num_stages=stages,

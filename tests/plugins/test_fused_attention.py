@@ -99,6 +99,21 @@ def test_prefill_kernel_matches_reference(dtype, D, Hq, Hkv, Sq, Skv):
 
 
 @pytest.mark.gpu
+def test_prefill_kernel_reads_any_layout_tma_cannot():
+    """An offset view (unaligned base), odd strides of size-1 dimensions, a (B, S, H, D) permute,
+    and an empty batch: the same answers as the reference (TMA gets an aligned copy where needed)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    flat = _rand((1 + 2 * 33 * 64,), torch.bfloat16, gen)
+    q = flat[1:].view(1, 2, 33, 64)  # base 2 bytes past an allocation
+    k = _rand((1, 2, 33, 64), torch.bfloat16, gen).as_strided((1, 2, 33, 64), (7, 33 * 64, 64, 1))
+    v = _rand((1, 33, 2, 64), torch.bfloat16, gen).permute(0, 2, 1, 3)
+    got = fused_attention_prefill(q, k, v)
+    torch.testing.assert_close(got.float(), attention_prefill(q, k, v).float(), **TOL[torch.bfloat16])
+    empty = torch.empty((0, 2, 33, 64), device="cuda", dtype=torch.bfloat16)
+    assert fused_attention_prefill(empty, empty, empty).shape == empty.shape
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("S,window,sinks", [(300, 64, 4), (1100, 256, 4), (777, 100, 0), (500, 1024, 4), (260, 33, 70)])
@@ -140,6 +155,24 @@ def test_decode_kernel_ignores_cache_slots_past_the_length(tma, Smax):
         k[b, :, n:], v[b, :, n:] = float("nan"), float("nan")
     got = kernel.decode(q, k, v, lens, config=(64, 4, 3, tma))
     torch.testing.assert_close(got.float(), want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tma", [False, True])
+def test_decode_kernel_on_selected_kv_groups(tma):
+    """groups (sparse_heads' path): only the listed KV heads, through pointers or TMA."""
+    from planforge.plugins.fused_attention import kernel
+
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    B, Hkv, G, Smax, D = 2, 8, 4, 700, 128
+    k, v = _rand((B, Hkv, Smax, D), torch.bfloat16, gen), _rand((B, Hkv, Smax, D), torch.bfloat16, gen)
+    groups = torch.tensor([[1, 6, 7], [0, 2, 5]], device="cuda", dtype=torch.int32)  # (B, 3) KV heads
+    q = _rand((B, 3 * G, D), torch.bfloat16, gen)  # their query heads only
+    lens = torch.tensor([700, 123], device="cuda", dtype=torch.int32)
+    got = kernel.decode(q, k, v, lens, groups=groups, config=(64, 4, 3, tma))
+    idx = groups.long()[:, :, None, None].expand(B, 3, Smax, D)
+    want = attention_decode(q, torch.gather(k, 1, idx), torch.gather(v, 1, idx), lens)
+    torch.testing.assert_close(got.float(), want.float(), **TOL[torch.bfloat16])
 
 
 @pytest.mark.gpu

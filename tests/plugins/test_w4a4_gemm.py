@@ -191,3 +191,35 @@ def test_large_m_linear_quantizes_straight_to_codes(compute, dtype):
     x, W = _layer(kernel.LARGE_M + 77, 4096, 1100, 256, 4, dtype, seed=9)
     xq, sx, zx, xo = ref.quantize_activations(x, W.perm, 256, 4)
     _assert_matches_reference(kernel.linear(x, W, compute), xq, sx, zx, xo, W, 4, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compute", ["int8", "fp8"])
+@pytest.mark.parametrize("M", [1, 16, 33, 600])  # GEMV, split-K swapped tile, autotuned tile, TMA
+def test_integer_sums_are_exact_at_their_largest(compute, M):
+    """Every code at its largest magnitude (7 x 7 over 3840 columns): the sum, 188160, must come
+    out exact on every path; Hopper's FP8 MMA loses it unless each MMA is promoted to float32."""
+    from planforge.plugins.w4a4_gemm import kernel
+
+    N, kq = 256, 3840
+    dev = "cuda"
+    x_q = torch.full((M, kq // 2), 0x77, dtype=torch.int8, device=dev)  # two codes of 7 per byte
+    w_q = torch.full((N, kq // 2), 0x77, dtype=torch.int8, device=dev)
+    ones, zeros = torch.ones(max(M, N), device=dev), torch.zeros(max(M, N), device=dev)
+    x_out, w_out = torch.empty((M, 0), device=dev), torch.empty((N, 0), device=dev)  # float32 output
+    y = kernel.matmul(x_q, ones[:M], zeros[:M], x_out, w_q, ones[:N], zeros[:N], w_out, 4, compute)
+    assert y.dtype == torch.float32 and torch.equal(y, torch.full_like(y, 7 * 7 * kq))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp8", [False, True])
+def test_split_k_gives_the_same_bits_on_every_call(fp8):
+    """The splits are added in a fixed order, whatever order they finish in."""
+    from planforge.plugins.w4a4_gemm import kernel
+
+    x, W = _layer(16, 4096, 4096, 256, 4, torch.float16, seed=3)
+    xq, sx, zx, xo = ref.quantize_activations(x, W.perm, 256, 4)
+    outs = [kernel._small_m(xq, sx, zx, xo, W.packed, W.scale, W.wsum, W.outliers, 4, fp8,
+                            torch.empty((16, 4096), dtype=x.dtype, device="cuda"), config=(64, 128, 4, 4, 8, True))
+            for _ in range(20)]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
