@@ -45,3 +45,13 @@ def use_kernel(t) -> bool:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+TMA_ALIGN = 16  # bytes: a TMA descriptor needs its base and every stride but the last aligned to this
+
+
+def tma_aligned(t, strides=None) -> bool:
+    """Whether a TMA descriptor can read t (with ``strides`` in place of t's own, if given)."""
+    strides = list(t.stride()) if strides is None else strides
+    return strides[-1] == 1 and t.data_ptr() % TMA_ALIGN == 0 and \
+        all((st * t.element_size()) % TMA_ALIGN == 0 for st in strides[:-1])

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .._triton import interpreting, next_pow2, require_triton
+from .._triton import interpreting, next_pow2, require_triton, tma_aligned
 
 triton = require_triton()
 import triton.language as tl  # noqa: E402
@@ -212,9 +212,8 @@ def _descriptor(t: torch.Tensor, block_rows: int):
     (an offset view, an odd stride) is read from an aligned contiguous copy."""
     from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: PLC0415
 
-    size = t.element_size()
     strides = [st if n > 1 else t.shape[i + 1:].numel() for i, (n, st) in enumerate(zip(t.shape, t.stride()))]
-    if t.data_ptr() % 16 or any((st * size) % 16 for st in strides[:-1]):
+    if not tma_aligned(t, strides):
         t = t.clone(memory_format=torch.contiguous_format)
         strides = list(t.stride())
     return TensorDescriptor(t, list(t.shape), strides, [1, 1, block_rows, t.shape[-1]])

@@ -345,9 +345,7 @@ def quantize(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, bits: int = 4
     if codes is None:
         xq = torch.empty((M, kqb), dtype=torch.int8, device=x.device)
     else:
-        from . import kernel_large_m  # noqa: PLC0415
-
-        xq = kernel_large_m.empty_codes(M, kq, codes == torch.float8_e4m3fn, x.device)
+        xq = kernel_large_m.empty_codes(M, kq, codes, x.device)
     sx = torch.empty((M,), dtype=torch.float32, device=x.device)
     zx = torch.empty((M,), dtype=torch.float32, device=x.device)
     xo = torch.empty((M, n_outliers), dtype=x.dtype, device=x.device)
@@ -365,13 +363,11 @@ def quantize(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, bits: int = 4
 LARGE_M = 128
 
 
-def _large_m_codes(x_q, w_q, bits: int, fp8: bool):
+def _large_m_codes(x_q, w_q, bits: int, fp8: bool, unpacked: bool):
     """(x codes, w codes) one per byte and TMA-aligned, or None where the large-M kernel does not apply."""
-    from . import kernel_large_m as big  # noqa: PLC0415
-
     if bits == 4:
-        return big.unpack(x_q, fp8), big.unpack(w_q, fp8)
-    return (x_q, w_q) if big.tma_ready(x_q) and big.tma_ready(w_q) else None
+        return x_q if unpacked else kernel_large_m.unpack(x_q, fp8), kernel_large_m.unpack(w_q, fp8)
+    return (x_q, w_q) if kernel_large_m.tma_ready(x_q) and kernel_large_m.tma_ready(w_q) else None
 
 
 def _small_m(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, fp8, y, config=None):
@@ -397,19 +393,17 @@ def _small_m(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, fp8,
 
 
 def matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits: int = 4,
-           compute: str = "int8", codes=None) -> torch.Tensor:
+           compute: str = "int8", unpacked: bool = False) -> torch.Tensor:
     """Triton version of reference.quik_matmul; output in x_out's dtype.
 
-    codes: the activations already as one code per element (quantize(..., codes=)), large M only."""
+    unpacked: x_q already holds one code per element (quantize(..., codes=)), large M only."""
     M = x_q.shape[0]
     N = w_q.shape[0]
     ko = x_out.shape[1]
     assert w_out.shape == (N, ko) and compute in ("int8", "fp8")
     fp8 = compute == "fp8" and bits == 4
     if M >= LARGE_M:
-        from . import kernel_large_m  # noqa: PLC0415
-
-        pair = (codes, kernel_large_m.unpack(w_q, fp8)) if codes is not None else _large_m_codes(x_q, w_q, bits, fp8)
+        pair = _large_m_codes(x_q, w_q, bits, fp8, unpacked)
         if pair is not None:
             return kernel_large_m.matmul_codes(pair[0], x_scale, x_zero, x_out, pair[1], w_scale, w_sum, w_out)
     kb = x_q.shape[1]
@@ -435,11 +429,10 @@ def linear(x: torch.Tensor, w, compute: str = "int8") -> torch.Tensor:
     4-bit codes: the activations are quantized straight to one code per byte for the TMA GEMM."""
     if x.shape[0] == 1 and x.stride(1) == 1 and FUSE_M1:
         return _gemv(x, w.perm, None, None, None, None, w.packed, w.scale, w.wsum, w.outliers, w.bits, x.dtype)
-    codes = None
-    if x.shape[0] >= LARGE_M and w.bits == 4:
-        from .kernel_large_m import code_dtype  # noqa: PLC0415
-
-        codes = code_dtype(compute == "fp8")
+    unpacked = x.shape[0] >= LARGE_M and w.bits == 4
+    codes = kernel_large_m.code_dtype(compute == "fp8") if unpacked else None
     xq, sx, zx, xo = quantize(x, w.perm, w.n_outliers, w.bits, codes)
-    return matmul(xq, sx, zx, xo, w.packed, w.scale, w.wsum, w.outliers, w.bits, compute,
-                  codes=xq if codes is not None else None)
+    return matmul(xq, sx, zx, xo, w.packed, w.scale, w.wsum, w.outliers, w.bits, compute, unpacked)
+
+
+from . import kernel_large_m  # noqa: E402  (last: it imports this module's _epilogue and _tile)

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from .._triton import interpreting, require_triton
+from .._triton import TMA_ALIGN, interpreting, next_pow2, require_triton, tma_aligned
 
 triton = require_triton()
 import triton.language as tl  # noqa: E402
 from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 from .kernel import _epilogue, _tile  # noqa: E402
-
-TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned row strides
-
 
 @triton.jit
 def unpack_kernel(P, Q, KB, sp, sq, BLOCK: tl.constexpr):
@@ -80,24 +77,23 @@ def code_dtype(fp8: bool) -> torch.dtype:
     return torch.float8_e4m3fn if fp8 else torch.int8
 
 
-def empty_codes(rows: int, k: int, fp8: bool, device) -> torch.Tensor:
-    """(rows, k) one code per byte, row stride padded for TMA."""
+def empty_codes(rows: int, k: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """(rows, k) one code per byte (int8 or e4m3), row stride padded for TMA."""
     stride = -(-k // TMA_ALIGN) * TMA_ALIGN
-    return torch.empty((rows, stride), dtype=code_dtype(fp8), device=device)[:, :k]
+    return torch.empty((rows, stride), dtype=dtype, device=device)[:, :k]
 
 
 def unpack(packed: torch.Tensor, fp8: bool) -> torch.Tensor:
     """(R, KB) packed 4-bit -> (R, 2 KB) codes (int8 or e4m3), TMA-aligned rows."""
     rows, kb = packed.shape
-    out = empty_codes(rows, 2 * kb, fp8, packed.device)
+    out = empty_codes(rows, 2 * kb, code_dtype(fp8), packed.device)
     block = 1024
     unpack_kernel[(rows, triton.cdiv(kb, block))](packed, out, kb, packed.stride(0), out.stride(0), BLOCK=block)
     return out
 
 
 def tma_ready(codes: torch.Tensor) -> bool:
-    return codes.stride(1) == 1 and (codes.stride(0) * codes.element_size()) % TMA_ALIGN == 0 \
-        and codes.data_ptr() % TMA_ALIGN == 0
+    return tma_aligned(codes)
 
 
 def matmul_codes(x_c, x_scale, x_zero, x_out, w_c, w_scale, w_sum, w_out, config=None) -> torch.Tensor:
@@ -112,7 +108,7 @@ def matmul_codes(x_c, x_scale, x_zero, x_out, w_c, w_scale, w_sum, w_out, config
     a_desc = TensorDescriptor(x_c, [M, K], [x_c.stride(0), 1], [16, 16])
     w_desc = TensorDescriptor(w_c, [N, K], [w_c.stride(0), 1], [16, 16])
     args = (a_desc, w_desc, x_scale, x_zero, w_scale, w_sum, x_out, w_out, y, M, N, K, x_out.shape[1],
-            min(1 << max(0, (M - 1).bit_length()), 8192), max(1, x_out.stride(0)), max(1, w_out.stride(0)), y.stride(0))
+            min(next_pow2(M), 8192), max(1, x_out.stride(0)), max(1, w_out.stride(0)), y.stride(0))
     fp8 = x_c.dtype == torch.float8_e4m3fn
     if config is None:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
