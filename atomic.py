@@ -34,12 +34,18 @@ def _remove_stale_partials(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def refuse_existing(out: Path, force: bool) -> None:
+    """Fails at once when ``out`` exists and may not be replaced, before a command does any work."""
+    out = Path(out).absolute()
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists. Choose another -o, or pass --force to replace it.")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
     """Yields an empty temporary directory that becomes ``out`` when the block succeeds."""
     out = Path(out).absolute()
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists. Choose another -o, or pass --force to replace it.")
+    refuse_existing(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}", dir=out.parent))

@@ -42,7 +42,19 @@ class TokenizerMissingError(PlanforgeError):
 
 
 class BackendUnavailableError(PlanforgeError):
-    """The requested execution provider or backend is not installed or cannot run this model."""
+    """The requested backend, device or execution provider is not installed or cannot run this model."""
+
+
+class UnknownBackendError(PlanforgeError):
+    """--backend names no registered backend."""
+
+
+class BackendMismatchError(PlanforgeError):
+    """The compiled model was built for another backend (its manifest target) than the one requested."""
+
+
+class ContribOpUnavailableError(BackendUnavailableError):
+    """The installed ONNX Runtime lacks a contrib op the lowered model uses."""
 
 
 class ComparisonError(PlanforgeError):

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from planforge.cli.options import BackendOption, Device, DeviceOption
+
 NAME = "compare"
 
 
@@ -19,7 +21,7 @@ class ErrorStat(str, Enum):
 
 
 def command(
-    model_a: Annotated[Path, typer.Argument(help="A compiled model directory, or a Hugging Face model directory (run with transformers).")],
+    model_a: Annotated[Path, typer.Argument(help="A compiled model directory (run on --backend), or a Hugging Face model directory (run with transformers).")],
     model_b: Annotated[Path, typer.Argument(help="The model to compare against, of either kind.")],
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt to compare on; repeatable. Default: 4 built-in prompts.")] = None,
     decode_steps: Annotated[int, typer.Option(help="Teacher-forced decode steps through the KV cache after the prefill.")] = 8,
@@ -28,7 +30,8 @@ def command(
     check_error_stat: Annotated[ErrorStat, typer.Option(help="Which error statistic must be within tolerance.")] = ErrorStat.max,
     min_top1: Annotated[Optional[float], typer.Option(help="Also fail when any step's top-1 agreement (0..1) is below this.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the random tokens that pad short prompts.")] = 0,
-    provider: Annotated[str, typer.Option(help="ONNX Runtime provider for compiled models: cpu or cuda.")] = "cpu",
+    backend: BackendOption = None,
+    device: DeviceOption = Device.cpu,
 ):
     """Compare two models' logits over prefill and decode steps with Polygraphy; exit 1 when out of tolerance."""
     from rich.console import Console
@@ -37,7 +40,8 @@ def command(
     from planforge.compare.report import render
 
     options = CompareOptions(decode_steps=decode_steps, atol=atol, rtol=rtol, check_error_stat=check_error_stat.value,
-                             min_top1=min_top1, prompts=tuple(prompt or DEFAULT_PROMPTS), seed=seed, provider=provider)
+                             min_top1=min_top1, prompts=tuple(prompt or DEFAULT_PROMPTS), seed=seed, backend=backend,
+                             device=device.value)
     report = compare_models(model_a, model_b, options)
     console = Console()
     console.print(render(report.steps, f"{report.runner_names[0]} vs {report.runner_names[1]}"))

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from planforge.cli.options import BackendOption, Device, DeviceOption
+
 NAME = "demo"
 
 
@@ -15,6 +17,8 @@ def command(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where the compiled variants are written (replaced if present).")] = Path("out/demo"),
     max_tokens: Annotated[int, typer.Option(help="Held-out tokens to score for perplexity and agreement.")] = 20000,
     new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt for the samples and the decode speed.")] = 48,
+    backend: BackendOption = None,
+    device: DeviceOption = Device.cpu,
 ):
     """Export the shipped reference model, apply every available optimization, generate on ONNX Runtime (CPU), and print a results table."""
     from rich.console import Console
@@ -24,7 +28,8 @@ def command(
 
     console = Console()
     result = run_demo(model or REFERENCE_MODEL, output, max_tokens, new_tokens,
-                      status=lambda message: console.print(f"[dim]{message}[/]"))
+                      status=lambda message: console.print(f"[dim]{message}[/]"), backend=backend,
+                      device=device.value)
     for prompt, text in result.samples:
         console.print(f"[bold]{prompt}[/]{text}\n")
     table = Table(title=f"planforge demo: {(model or REFERENCE_MODEL).name}, held-out text, ONNX Runtime CPU")

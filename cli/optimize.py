@@ -30,6 +30,11 @@ class WeightMethod(str, Enum):
     gptq = "gptq"
 
 
+class Target(str, Enum):
+    onnxruntime = "onnxruntime"
+    portable = "portable"
+
+
 def command(
     model: Annotated[Path, typer.Argument(help="Compiled model directory (the output of `planforge export`, fp32 or fp16).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to create with the optimized model.onnx, planforge.json and the tokenizer.")],
@@ -49,6 +54,7 @@ def command(
     streaming: Annotated[bool, typer.Option("--streaming", help="StreamingLLM: a fixed KV cache of --sink-tokens + --window positions per layer (the first tokens plus a rolling window), positions re-indexed inside the cache, so text of any length runs in constant memory. Rotary families only.")] = False,
     sink_tokens: Annotated[int, typer.Option(help="With --streaming: initial tokens always kept in the cache (attention sinks); fewer than --window.")] = 4,
     window: Annotated[Optional[int], typer.Option(help="With --streaming: most recent tokens kept in the cache (>= 1). Default: max_seq_len - --sink-tokens, the largest the trained positions allow.")] = None,
+    target: Annotated[Target, typer.Option(help="What model.onnx is written for. onnxruntime: the quantized linears and the token table lowered onto ONNX Runtime's own integer and 4-bit kernels (MatMulNBits, MatMulInteger, GatherBlockQuantized; the fast form on the embedded default). portable: standard ONNX ops and QDQ only, the semantic reference that TensorRT and the other backends read.")] = Target.onnxruntime,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (only when the run succeeds).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
@@ -57,7 +63,7 @@ def command(
     from planforge.graph_passes.contextual_sparsity import SparsityOptions
     from planforge.graph_passes.schemes import QuantOptions
     from planforge.graph_passes.streaming_attention import StreamingConfigError, StreamingOptions
-    from planforge.runtime.manifest import model_file_bytes
+    from planforge.manifest import model_file_bytes
 
     if window is not None and not streaming:
         raise StreamingConfigError("--window (and --sink-tokens) configure --streaming; add --streaming.")
@@ -69,7 +75,7 @@ def command(
         weight_method=weight_method.value, clip_search=clip_search)
     streaming_options = None
     if streaming:
-        from planforge.runtime.manifest import Manifest
+        from planforge.manifest import Manifest
 
         default_window = Manifest.load(model).dims.max_seq_len - sink_tokens
         streaming_options = StreamingOptions(sink_tokens, default_window if window is None else window)
@@ -77,7 +83,8 @@ def command(
                 if predictor is not None or sparsity_heads or sparsity_mlp else None)
     options = OptimizeOptions(quant=quant_options, calib=calib, calib_samples=calib_samples, calib_seq_len=calib_seq_len,
                               embedding=None if embedding is Embedding.auto else embedding.value,
-                              sparsity=sparsity, streaming=streaming_options, force=force, show_progress=not quiet)
+                              sparsity=sparsity, streaming=streaming_options, target=target.value, force=force,
+                              show_progress=not quiet)
     _, reports = optimize(model, output, options)
     for report in reports:
         typer.echo(f"{report.name}: {report.matches} rewritten")

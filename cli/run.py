@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from planforge.cli.options import BackendOption, Device, DeviceOption
+
 NAME = "run"
-
-
-class Provider(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def command(
@@ -30,17 +26,18 @@ def command(
     top_p: Annotated[float, typer.Option(help="Sample among the most likely tokens holding this probability mass; 1 disables.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling, for reproducible output.")] = None,
     stop_token_id: Annotated[Optional[list[int]], typer.Option(help="Extra token id that ends generation; repeatable. The model's EOS ids always stop it.")] = None,
-    provider: Annotated[Provider, typer.Option(help="ONNX Runtime execution provider; cuda needs onnxruntime-gpu.")] = Provider.cpu,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: all cores).")] = None,
+    backend: BackendOption = None,
+    device: DeviceOption = Device.cpu,
+    threads: Annotated[Optional[int], typer.Option(help="onnxruntime backend: intra-op threads (default: one per physical core).")] = None,
     stream_text: Annotated[bool, typer.Option("--stream-text/--no-stream-text", help="Print text as it is generated (single prompt only).")] = True,
 ):
-    """Generate text from a compiled model on ONNX Runtime and report tokens/s."""
+    """Generate text from a compiled model (on ONNX Runtime by default) and report tokens/s."""
     from planforge.errors import CompiledModelError
-    from planforge.runtime import GenerationConfig, Generator, SamplingConfig, Session, Tokenizer
+    from planforge.runtime import GenerationConfig, Generator, SamplingConfig, Tokenizer, open_backend
     from planforge.runtime.tokenizer import TextStreamer
 
     prompt = _prompts(prompt, input_file)
-    session = Session(model, provider=provider.value, threads=threads)
+    session = open_backend(model, backend, device.value, **({"threads": threads} if threads else {}))
     if stream and session.manifest.streaming is None:
         raise CompiledModelError(
             f"{model} has a full KV cache, so --stream cannot run past its max_seq_len "

@@ -10,7 +10,7 @@ import numpy as np
 
 from planforge import constants
 from planforge.compare.report import StepStats, step_stats
-from planforge.compare.runners import CompiledModelRunner, TransformersRunner, output_names
+from planforge.compare.runners import BackendRunner, TransformersRunner, output_names
 from planforge.errors import ComparisonError, ModelNotFoundError
 
 DEFAULT_PROMPTS = (
@@ -31,7 +31,8 @@ class CompareOptions:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     random_prompt_tokens: int = 16  # used when neither model has a tokenizer
     seed: int = 0
-    provider: str = "cpu"
+    backend: Optional[str] = None  # compiled models: the backend their manifest names
+    device: str = "cpu"
 
 
 @dataclass
@@ -59,15 +60,15 @@ def _model_kind(path: Path) -> str:
 
 def _runner(path: Path, options: CompareOptions):
     if _model_kind(path) == "compiled":
-        return CompiledModelRunner(path, options.decode_steps, options.provider)
+        return BackendRunner(path, options.decode_steps, options.backend, options.device)
     return TransformersRunner(path, options.decode_steps)
 
 
 def _vocab_and_tokenizer(path: Path):
-    from planforge.runtime.tokenizer import TOKENIZER_FILE, Tokenizer
+    from planforge.tokenizer import TOKENIZER_FILE, Tokenizer
 
     if _model_kind(path) == "compiled":
-        from planforge.runtime.manifest import Manifest
+        from planforge.manifest import Manifest
 
         vocab = Manifest.load(path).dims.vocab_size
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from polygraphy.backend.base import BaseRunner
@@ -44,31 +45,32 @@ class _TeacherForcedRunner(BaseRunner):
         raise NotImplementedError
 
 
-class CompiledModelRunner(_TeacherForcedRunner):
-    """A planforge compiled model on ONNX Runtime."""
+class BackendRunner(_TeacherForcedRunner):
+    """A planforge compiled model on any registered backend (``runtime.backends``)."""
 
-    def __init__(self, model_dir: Path, decode_steps: int, provider: str = "cpu"):
+    def __init__(self, model_dir: Path, decode_steps: int, backend: Optional[str] = None, device: str = "cpu"):
         super().__init__(decode_steps, name=f"planforge[{Path(model_dir).name}]")
-        self.model_dir, self.provider = Path(model_dir), provider
+        self.model_dir, self.backend_name, self.device = Path(model_dir), backend, device
 
     def activate_impl(self):
-        from planforge.runtime import Session
+        from planforge.runtime.backends import open_backend
 
-        self.session = Session(self.model_dir, provider=self.provider)
+        self.backend = open_backend(self.model_dir, self.backend_name, self.device)
+        self.name = f"planforge[{self.model_dir.name}, {self.backend.describe()}]"
 
     def deactivate_impl(self):
-        del self.session
+        del self.backend
 
     def step_through(self, prompt, forced):
-        s = self.session
+        b = self.backend
         mask = np.ones_like(prompt)
         positions = np.arange(prompt.shape[1], dtype=np.int64)[None]
-        logits, cache = s.forward(prompt, mask, positions, s.empty_cache(1))
+        logits, cache = b.forward(prompt, mask, positions, b.empty_cache(1))
         outputs = [logits]
         for token in forced:
             mask = np.ones((1, mask.shape[1] + 1), dtype=np.int64)
             positions = positions[:, -1:] + 1
-            logits, cache = s.forward(np.array([[token]], dtype=np.int64), mask, positions, cache)
+            logits, cache = b.forward(np.array([[token]], dtype=np.int64), mask, positions, cache)
             outputs.append(logits)
         return outputs
 

@@ -13,13 +13,13 @@ from planforge.evaluation.accuracy import accuracy as multiple_choice_accuracy
 from planforge.evaluation.accuracy import load_items
 from planforge.evaluation.perplexity import perplexity, stream_perplexity
 from planforge.evaluation.scorers import scorer_for
-from planforge.runtime.tokenizer import Tokenizer
+from planforge.tokenizer import Tokenizer
 
 
 def evaluate(model: Path, ppl_text: Optional[Path], accuracy_set: Optional[Path], context: Optional[int] = None,
-             stride: Optional[int] = None, max_tokens: Optional[int] = None, provider: str = "cpu",
-             show_progress: bool = False, stream: bool = False) -> dict:
-    scorer = scorer_for(Path(model), provider)
+             stride: Optional[int] = None, max_tokens: Optional[int] = None, backend: Optional[str] = None,
+             device: str = "cpu", show_progress: bool = False, stream: bool = False) -> dict:
+    scorer = scorer_for(Path(model), backend, device)
     if stream and not hasattr(scorer, "stream_logprobs"):
         raise InvalidPromptError("--stream scores a compiled model's KV cache token by token; give a directory "
                                  "written by `planforge export` or `planforge optimize`.")
@@ -41,7 +41,7 @@ def evaluate(model: Path, ppl_text: Optional[Path], accuracy_set: Optional[Path]
                 logprobs = scorer.stream_logprobs(ids, on_step=lambda i, n: progress.update(task, completed=i, total=n))
                 res = stream_perplexity(logprobs, segment=context)
                 result.update(ppl=round(res.perplexity, 4), nll=round(res.nll, 6), tokens=res.tokens, mode="stream",
-                              segment_ppl=res.segment_perplexities, streaming=scorer.session.manifest.streaming)
+                              segment_ppl=res.segment_perplexities, streaming=scorer.backend.manifest.streaming)
             else:
                 res = perplexity(ids, scorer.token_logprobs, context, stride,
                                  on_window=lambda i, n: progress.update(task, completed=i, total=n))

@@ -24,8 +24,8 @@ import planforge
 from planforge.errors import ModelNotFoundError
 from planforge.evaluation.accuracy import accuracy, load_items
 from planforge.evaluation.perplexity import perplexity
-from planforge.evaluation.scorers import CompiledScorer, TransformersScorer, gather_logprobs
-from planforge.runtime.manifest import model_file_bytes
+from planforge.evaluation.scorers import BackendScorer, TransformersScorer, gather_logprobs
+from planforge.manifest import model_file_bytes
 
 REFERENCE_MODEL = Path(planforge.__file__).resolve().parent / "samples" / "reference_model"
 SPARSITY_PREDICTOR = "sparsity_predictor.safetensors"
@@ -78,10 +78,11 @@ class _PredictionRecorder:
         return np.concatenate(self.predictions)
 
 
-def _decode_speed(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[int]]]:
-    from planforge.runtime import GenerationConfig, Generator, Session
+def _decode_speed(scorer: BackendScorer, prompts: list[list[int]], new_tokens: int
+                  ) -> tuple[float, list[list[int]]]:
+    from planforge.runtime import GenerationConfig, Generator
 
-    generator = Generator(Session(model_dir))
+    generator = Generator(scorer.backend)
     config = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
     generator.generate(prompts[:1], GenerationConfig(max_new_tokens=2))  # warm-up
     start = time.perf_counter()
@@ -109,24 +110,26 @@ def _sparsify(predictor: Path, fp32_dir: Path, out: Path, force: bool) -> Path:
     return out / "sparse"
 
 
-def _streaming(fp32_dir: Path, out: Path, text_ids: np.ndarray, force: bool) -> StreamingRow:
+def _streaming(fp32_dir: Path, out: Path, text_ids: np.ndarray, force: bool, backend: Optional[str], device: str
+               ) -> StreamingRow:
     from planforge.evaluation.perplexity import stream_perplexity
     from planforge.graph_passes.api import OptimizeOptions, optimize
     from planforge.graph_passes.streaming_attention import StreamingOptions
 
-    plain = CompiledScorer(fp32_dir)
+    plain = BackendScorer(fp32_dir, backend, device)
     context = plain.context_length
     options = StreamingOptions(sink_tokens=4, window=context - 4)
     optimize(fp32_dir, out / "streaming", OptimizeOptions(streaming=options, force=force))
     ids = text_ids[:STREAM_CONTEXTS * context + 1]
-    streamed = stream_perplexity(CompiledScorer(out / "streaming").stream_logprobs(ids), segment=len(ids))
+    streamed = stream_perplexity(BackendScorer(out / "streaming", backend, device).stream_logprobs(ids), segment=len(ids))
     windowed = perplexity(ids, plain.token_logprobs, context, stride=context // 4)
     return StreamingRow(options.sink_tokens, options.window, streamed.tokens, context, streamed.perplexity,
                         windowed.perplexity)
 
 
 def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, force: bool = True,
-             status: Callable[[str], None] = print) -> DemoResult:
+             status: Callable[[str], None] = print, backend: Optional[str] = None, device: str = "cpu"
+             ) -> DemoResult:
     from planforge.exporter.api import ExportOptions, export
     from planforge.runtime import Tokenizer
 
@@ -152,7 +155,7 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
     items = load_items(model / "accuracy.jsonl")
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     scored = [("transformers (source)", TransformersScorer(model), None)]
-    scored += [(name, CompiledScorer(directory), directory) for name, directory in variants.items()]
+    scored += [(name, BackendScorer(directory, backend, device), directory) for name, directory in variants.items()]
     rows, samples, predictions = [], [], {}
     for name, scorer, directory in scored:
         report(f"perplexity and accuracy of {name}")
@@ -162,7 +165,7 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
         speed, size = None, sum(f.stat().st_size for f in model.glob("model*.safetensors")) / 1e6
         if directory is not None:
             report(f"generating with {name}")
-            speed, tokens = _decode_speed(directory, prompts, new_tokens)
+            speed, tokens = _decode_speed(scorer, prompts, new_tokens)
             size = model_file_bytes(directory) / 1e6
             samples = samples or [(p, tokenizer.decode(t)) for p, t in zip(PROMPTS, tokens)]
         predictions[name] = recorder.all_predictions()
@@ -170,6 +173,6 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
     for row in rows:  # agreement with the exported fp32 model, position by position
         row.top1_agreement = float(np.mean(predictions[row.name] == predictions["onnx fp32"]))
     report(f"streaming (sinks + rolling window) over {STREAM_CONTEXTS}x the context -> {out / 'streaming'}")
-    streaming = _streaming(variants["onnx fp32"], out, text_ids, force)
+    streaming = _streaming(variants["onnx fp32"], out, text_ids, force, backend, device)
     report("done")
     return DemoResult(rows, samples, streaming)

@@ -68,7 +68,7 @@ class StreamPerplexityResult:
 
 
 def stream_perplexity(logprobs: np.ndarray, segment: int) -> StreamPerplexityResult:
-    """logprobs (L-1,) of one stream, as ``CompiledScorer.stream_logprobs`` returns them."""
+    """logprobs (L-1,) of one stream, as ``BackendScorer.stream_logprobs`` returns them."""
     nll = -float(np.mean(logprobs))
     blocks = [logprobs[i:i + segment] for i in range(0, len(logprobs), segment)]
     return StreamPerplexityResult(perplexity=math.exp(nll), nll=nll, tokens=len(logprobs),

@@ -8,7 +8,7 @@ model is the transformers source (torch) or a compiled model (any backend).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
@@ -67,22 +67,24 @@ def gather_logprobs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return _log_softmax(logits[:-1])[np.arange(len(ids) - 1), ids[1:]]
 
 
-class CompiledScorer:
-    def __init__(self, model_dir: Path, provider: str = "cpu"):
-        from planforge.runtime import Session
+class BackendScorer:
+    """A compiled model on any registered backend."""
 
-        self.session = Session(model_dir, provider=provider)
-        self.name = f"{Path(model_dir).name} (onnxruntime-{provider})"
-        self.context_length = self.session.manifest.dims.max_seq_len
+    def __init__(self, model_dir: Path, backend: Optional[str] = None, device: str = "cpu"):
+        from planforge.runtime.backends import open_backend
+
+        self.backend = open_backend(model_dir, backend, device)
+        self.name = f"{Path(model_dir).name} ({self.backend.describe()})"
+        self.context_length = self.backend.manifest.dims.max_seq_len
 
     def token_logprobs(self, ids: np.ndarray) -> np.ndarray:
         return self.batch_logprobs([ids])[0]
 
     def window_logits(self, ids: np.ndarray) -> np.ndarray:
-        return self.session.run_prefill(ids[None].astype(np.int64))[0]  # (L, V)
+        return self.backend.prefill_logits(ids[None].astype(np.int64))[0]  # (L, V)
 
     def batch_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        logits = self.session.run_prefill(right_pad(sequences))  # (B, L, V)
+        logits = self.backend.prefill_logits(right_pad(sequences))  # (B, L, V)
         return [gather_logprobs(logits[row, :len(seq)], seq) for row, seq in enumerate(sequences)]
 
     def stream_logprobs(self, ids: np.ndarray, on_step: Callable[[int, int], None] = lambda done, total: None
@@ -94,7 +96,7 @@ class CompiledScorer:
         """
         from planforge.runtime import Generator
 
-        generator = Generator(self.session)
+        generator = Generator(self.backend)
         generator.check_prompts([ids])
         out = np.empty(len(ids) - 1, dtype=np.float64)
 
@@ -109,7 +111,7 @@ class CompiledScorer:
 
     def continuation_logprobs(self, context: np.ndarray, continuations: list[np.ndarray]) -> list[float]:
         """Runs the shared context once, then every continuation as one batch over its KV cache."""
-        s, n = self.session, len(continuations)
+        s, n = self.backend, len(continuations)
         longest = max(len(c) for c in continuations)
         context = context[-(self.context_length - longest):][None]  # (1, C)
         width = context.shape[1]
@@ -163,10 +165,11 @@ class TransformersScorer:
         return _continuation_scores(first, logits, continuations)
 
 
-def scorer_for(model: Path, provider: str = "cpu") -> Scorer:
+def scorer_for(model: Path, backend: Optional[str] = None, device: str = "cpu") -> Scorer:
+    """A backend scorer for a compiled model directory, transformers for a Hugging Face one."""
     model = Path(model)
     if (model / constants.MANIFEST_FILE).is_file():
-        return CompiledScorer(model, provider)
+        return BackendScorer(model, backend, device)
     if (model / "config.json").is_file():
         return TransformersScorer(model)
     raise ModelNotFoundError(f"{model} is neither a planforge compiled model nor a Hugging Face model directory.")

@@ -16,7 +16,7 @@ from planforge.exporter import loading
 from planforge.exporter.decoder_graph import build_decoder_graph
 from planforge.exporter.registry import adapter_for
 from planforge.exporter.progress import ExportProgress
-from planforge.runtime.manifest import Manifest, io_contract
+from planforge.manifest import Manifest, io_contract
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import torch
 
 # The model's dimensions are the ones the manifest records.
-from planforge.runtime.manifest import Dims as DecoderDims  # noqa: F401
+from planforge.manifest import Dims as DecoderDims  # noqa: F401
 
 
 @dataclass(frozen=True)

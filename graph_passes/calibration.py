@@ -17,7 +17,7 @@ import onnx
 
 from planforge import constants
 from planforge.graph_passes.schemes import CalibrationError
-from planforge.runtime.manifest import KV_NUMPY_DTYPES, Manifest
+from planforge.manifest import KV_NUMPY_DTYPES, Manifest
 
 
 @dataclass

@@ -45,8 +45,8 @@ import numpy as np
 import onnx_ir as ir
 
 from planforge.errors import InvalidSparsityError, PredictorError
+from planforge.graph_passes.base import GraphPass, PassContext, ancestors, descendants
 from planforge.graph_passes.node_builder import BranchBuilder
-from planforge.graph_passes.pipeline import GraphPass, ancestors, descendants
 
 # Ops allowed between the gate/up outputs and the down_proj input (they must be elementwise).
 ELEMENTWISE = {"Sigmoid", "Mul", "Relu", "Gelu", "Tanh", "Add", "Sub", "Div", "Erf", "Pow", "Softplus",
@@ -127,6 +127,26 @@ class ContextualSparsityPass(GraphPass):
         predictor.check_matches(dims)
         self.options, self.predictor, self.dims = options, predictor, dims
         self.records = {lin["weight"]: lin for lin in linears}
+
+    @classmethod
+    def from_options(cls, options, context: PassContext) -> Optional["ContextualSparsityPass"]:
+        """Runs first: its decode branch gathers float weight slices; a quantization pass after it rewrites the rest."""
+        sparsity, manifest = options.sparsity, context.manifest
+        if sparsity is None:
+            return None
+        sparsity.validate()
+        done = [entry.get("name") for entry in manifest.passes]
+        if done:
+            raise InvalidSparsityError(
+                f"{context.model_dir} was already optimized ({', '.join(done)}); contextual sparsity needs the float "
+                "export: run `planforge optimize` on the directory written by `planforge export`, with --quant and "
+                "--sparsity-* in the same call.")
+        if options.streaming is not None:
+            raise InvalidSparsityError("--streaming and --sparsity-* cannot be combined yet (the sparse decode "
+                                       "branch attends over the full cache); use one of them.")
+        from planforge.sparsity.predictor import Predictor
+
+        return cls(sparsity, Predictor.load(sparsity.predictor), manifest.linears, manifest.dims)
 
     def settings(self) -> dict:
         return self.options.settings(self.predictor)

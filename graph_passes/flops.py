@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from planforge import constants
-from planforge.runtime.manifest import Manifest
+from planforge.manifest import Manifest
 
 PARTS = ("linear", "attention", "predictor", "lm_head")
 PREDICTOR_SCOPE = "/sparsity/predictor/"  # the node-name scope ContextualSparsityPass gives its predictor

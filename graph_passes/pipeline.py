@@ -1,91 +1,45 @@
-"""The pass mechanism: graph passes on onnx-ir, run in one ordered pipeline that reports per-pass matches.
+"""The one ordered list of graph passes ``planforge optimize`` runs, and the pipeline that runs them.
 
-A pass is an ``onnx_ir`` in-place pass (``call(model) -> PassResult(model, modified)``)
-that rewrites every graph of the model, subgraphs (``If``/``Loop`` bodies) included,
-and counts the sites it rewrote. A pass that was expected to fire and matched
-nothing is logged as a warning with the reasons it refused its candidates.
+Order matters and is fixed here:
+
+1. contextual sparsity: its decode branch gathers float weight slices, so it runs on the float graph;
+2. linear quantization: rewrites every ``MatMul(x, W)`` left (K/V projections, the dense branches);
+3. embedding quantization: the token table and a tied LM head;
+4. streaming attention: the sink + rolling-window KV cache;
+5. (the backend lowerings join at the end: they map the portable result onto one backend's kernels.)
+
+Each pass builds itself from the options (``from_options``, which checks its own
+preconditions), so the pipeline only walks this list.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Iterator
 
 import onnx_ir as ir
 
+from planforge.graph_passes.base import GraphPass, PassContext, PassReport
+from planforge.graph_passes.contextual_sparsity import ContextualSparsityPass
+from planforge.graph_passes.quantize_embedding import QuantizeEmbeddingPass
+from planforge.graph_passes.quantize_linears import QuantizeLinearsPass
+from planforge.graph_passes.streaming_attention import StreamingAttentionPass
+
 log = logging.getLogger(__name__)
 
-
-def all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
-    """The main graph, then every subgraph held by a node attribute, at any depth."""
-    yield model.graph
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                yield attr.value
-            elif attr.type == ir.AttributeType.GRAPHS:
-                yield from attr.value
+PASSES: list[type[GraphPass]] = [
+    ContextualSparsityPass,
+    QuantizeLinearsPass,
+    QuantizeEmbeddingPass,
+    StreamingAttentionPass,
+]
 
 
-def ancestors(nodes) -> set:
-    """The given nodes and every node they depend on."""
-    seen, stack = set(), [n for n in nodes if n is not None]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
-    return seen
-
-
-def descendants(values) -> set:
-    """Every node that (transitively) consumes one of the given values."""
-    seen, stack = set(), [u.node for v in values for u in v.uses()]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(u.node for out in node.outputs for u in out.uses())
-    return seen
-
-
-class GraphPass(ir.passes.InPlacePass):
-    """Base class: subclasses set ``name`` and implement ``rewrite_graph`` (returns the sites rewritten)."""
-
-    name = "graph_pass"
-    expected = True  # warn when it matches nothing
-
-    def __init__(self):
-        super().__init__()
-        self.matches = 0
-        self.refusals: list[str] = []
-
-    def settings(self) -> dict:
-        return {}
-
-    def rewrite_graph(self, graph: ir.Graph) -> int:
-        raise NotImplementedError
-
-    def refuse(self, why: str) -> None:
-        self.refusals.append(why)
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.matches = sum(self.rewrite_graph(graph) for graph in list(all_graphs(model)))
-        return ir.passes.PassResult(model, modified=self.matches > 0)
-
-
-@dataclass
-class PassReport:
-    name: str
-    matches: int
-    settings: dict = field(default_factory=dict)
-    refusals: list[str] = field(default_factory=list)
-
-    def manifest_entry(self) -> dict:
-        return {"name": self.name, "matches": self.matches, "settings": self.settings}
+def build_passes(options, context: PassContext) -> list[GraphPass]:
+    """The passes ``options`` ask for, in ``PASSES`` order; every precondition is checked before any is prepared."""
+    passes = [graph_pass for cls in PASSES if (graph_pass := cls.from_options(options, context)) is not None]
+    for graph_pass in passes:
+        graph_pass.prepare(context)
+    return passes
 
 
 class Pipeline:
@@ -98,7 +52,7 @@ class Pipeline:
         reports = []
         for graph_pass in self.passes:
             graph_pass(model)
-            report = PassReport(graph_pass.name, graph_pass.matches, graph_pass.settings(), graph_pass.refusals)
+            report = graph_pass.report()
             if graph_pass.expected and report.matches == 0:
                 why = "; ".join(sorted(set(report.refusals))[:3]) or "no candidate node in the graph"
                 log.warning("graph pass %s matched nothing: %s", report.name, why)

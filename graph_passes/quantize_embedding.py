@@ -28,9 +28,9 @@ import onnx_ir as ir
 
 from planforge import constants
 from planforge.graph_passes import quantizer
+from planforge.graph_passes.base import GraphPass, PassContext
 from planforge.graph_passes.node_builder import NodeBuilder
-from planforge.graph_passes.pipeline import GraphPass
-from planforge.graph_passes.quantize_linears import FLOAT_TYPES, INT_TYPES
+from planforge.graph_passes.quantize_linears import FLOAT_TYPES, INT_TYPES, require_float_source
 from planforge.graph_passes.schemes import QuantizationError
 
 EMBEDDING_FORMATS = ("float", "int8", "int4")
@@ -97,6 +97,16 @@ class QuantizeEmbeddingPass(GraphPass):
     def __init__(self, options: EmbeddingOptions, on_done: Callable[[], None] = lambda: None):
         super().__init__()
         self.options, self.on_done = options, on_done
+
+    @classmethod
+    def from_options(cls, options, context: PassContext) -> Optional["QuantizeEmbeddingPass"]:
+        storage = options.embedding_storage(tied=token_table_is_tied(context.model.graph))
+        if storage == "float":
+            return None
+        require_float_source(context)
+        clip_search = options.quant.clip_search if options.quant is not None else True
+        task = context.progress.add_task(f"quantize embedding ({storage})", total=1)
+        return cls(EmbeddingOptions(storage, clip_search), on_done=lambda: context.progress.advance(task))
 
     def settings(self) -> dict:
         return self.options.settings()

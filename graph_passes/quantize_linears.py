@@ -25,18 +25,20 @@ part's rounding error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from planforge import constants
 from planforge.graph_passes import gptq as gptq_lib
 from planforge.graph_passes import quantizer
-from planforge.graph_passes.calibration import LinearStats
+from planforge.graph_passes.base import GraphPass, PassContext, applied
+from planforge.graph_passes.calibration import LinearStats, calibrate, calibration_samples
 from planforge.graph_passes.node_builder import NodeBuilder
-from planforge.graph_passes.pipeline import GraphPass
-from planforge.graph_passes.schemes import LinearFormat, QuantizationError, QuantOptions, format_for
+from planforge.graph_passes.schemes import CalibrationError, LinearFormat, QuantizationError, QuantOptions, format_for
 
 INT_TYPES = {4: ml_dtypes.int4, 8: np.int8}
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)  # weights a quantization pass accepts
@@ -131,17 +133,82 @@ def build_quantized_linear(b: NodeBuilder, x: ir.Value, ql: QuantizedLinear, dty
     return y
 
 
+QUANTIZATION_PASSES = ("quantize_linears", "quantize_embedding")
+
+
+def require_float_source(context: PassContext) -> None:
+    """Quantization reads the float export: refuses quantized and sparsified models, and missing float weights."""
+    model_dir, manifest = context.model_dir, context.manifest
+    done = [name for name in QUANTIZATION_PASSES if applied(manifest, name)]
+    if done:
+        raise QuantizationError(f"{model_dir} is already quantized ({', '.join(done)}); "
+                                "optimize the unquantized export instead.")
+    if applied(manifest, "contextual_sparsity"):
+        raise QuantizationError(f"{model_dir} already has contextual sparsity; quantize and sparsify in one call on "
+                                "the float export: `planforge optimize EXPORT --quant ... --sparsity-heads ... "
+                                "--predictor ...` (sparsity runs first, its gathered decode slices stay float).")
+    initializers = context.model.graph.initializers
+    for lin in manifest.linears:
+        value = initializers.get(lin["weight"])
+        if value is None or value.const_value is None or value.const_value.dtype not in FLOAT_TYPES:
+            raise QuantizationError(f"{model_dir}/model.onnx lacks the float weight {lin['weight']}; "
+                                    "optimize the directory written by `planforge export`.")
+        try:
+            value.const_value.numpy()
+        except (OSError, ValueError) as exc:
+            raise QuantizationError(f"{model_dir}: the weights of {lin['module']} cannot be read ({exc}); "
+                                    f"{constants.EXTERNAL_DATA_FILE} must sit beside model.onnx.") from None
+
+
 class QuantizeLinearsPass(GraphPass):
     """Rewrites every ``MatMul(x, W)`` whose W is a listed linear's float initializer (see module doc)."""
 
     name = "quantize_linears"
 
-    def __init__(self, options: QuantOptions, linears: list[dict], stats: dict[str, LinearStats],
+    def __init__(self, options: QuantOptions, linears: list[dict], stats: Optional[dict[str, LinearStats]] = None,
                  on_linear: Callable[[str], None] = lambda module: None, calibration: Optional[dict] = None):
         super().__init__()
-        self.options, self.stats, self.on_linear, self.calibration = options, stats, on_linear, calibration
+        self.options, self.stats, self.on_linear, self.calibration = options, stats or {}, on_linear, calibration
         self.records = {lin["weight"]: lin for lin in linears}
         self.float_weights = {w for w, lin in self.records.items() if lin["layer"] is None}  # lm_head, as in QUIK
+        self.calibration_request: Optional[tuple] = None  # (text, samples, seq_len), read by prepare()
+
+    @classmethod
+    def from_options(cls, options, context: PassContext) -> Optional["QuantizeLinearsPass"]:
+        quant = options.quant
+        if quant is None:
+            return None
+        require_float_source(context)
+        quant.validate()
+        for lin in context.manifest.linears:  # outlier counts against every layer's width, before any work
+            format_for(quant, lin["role"], lin["in_features"])
+        graph_pass = cls(quant, context.manifest.linears)
+        if quant.needs_calibration:
+            if options.calib is None:
+                raise CalibrationError(f"--quant {quant.scheme} with outliers or GPTQ needs calibration text: "
+                                       "--calib FILE.")
+            if not Path(options.calib).is_file():
+                raise CalibrationError(f"--calib {options.calib}: no such file.")
+            seq_len = options.calib_seq_len or min(256, context.manifest.dims.max_seq_len)
+            graph_pass.calibration_request = (Path(options.calib), options.calib_samples, seq_len)
+        task = context.progress.add_task(f"quantize {quant.scheme} ({quant.weight_method})",
+                                         total=len(context.manifest.linears))
+        graph_pass.on_linear = lambda module: context.progress.advance(task)
+        return graph_pass
+
+    def prepare(self, context: PassContext) -> None:
+        """Runs the calibration text through the float model: max|x| per input column (and X^T X for GPTQ)."""
+        if self.calibration_request is None:
+            return
+        from planforge.tokenizer import Tokenizer
+
+        text, count, seq_len = self.calibration_request
+        samples = calibration_samples(Tokenizer(context.model_dir).encode(text.read_text()), seq_len, count)
+        task = context.progress.add_task("calibration", total=len(samples))
+        self.stats = calibrate(context.model_dir, context.manifest, samples,
+                               hessians=self.options.weight_method == "gptq",
+                               on_sample=lambda i: context.progress.update(task, completed=i))
+        self.calibration = {"text": str(text), "samples": len(samples), "seq_len": seq_len}
 
     def settings(self) -> dict:
         return {**self.options.settings(), "calibration": self.calibration}

@@ -37,8 +37,8 @@ import onnx_ir.passes.common as common_passes
 
 from planforge import constants
 from planforge.errors import PlanforgeError, UnsupportedArchitectureError
+from planforge.graph_passes.base import GraphPass, PassContext, applied
 from planforge.graph_passes.node_builder import NodeBuilder
-from planforge.graph_passes.pipeline import GraphPass
 
 
 class StreamingConfigError(PlanforgeError):
@@ -182,8 +182,27 @@ class StreamingAttentionPass(GraphPass):
         self.options, self.model_windows = options, model_windows
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
 
+    @classmethod
+    def from_options(cls, options, context: PassContext) -> Optional["StreamingAttentionPass"]:
+        streaming, manifest = options.streaming, context.manifest
+        if streaming is None:
+            return None
+        if manifest.streaming:
+            raise StreamingConfigError(f"{context.model_dir} already streams ({manifest.streaming}); optimize the "
+                                       "export without --streaming instead.")
+        if applied(manifest, "contextual_sparsity"):
+            raise StreamingConfigError(f"{context.model_dir} has contextual sparsity, whose decode branch attends "
+                                       "over the full cache; --streaming and --sparsity-* cannot be combined yet.")
+        streaming.validate(manifest.dims.max_seq_len)
+        d = manifest.dims
+        return cls(streaming, d.num_heads, d.num_kv_heads, d.head_dim, manifest.sliding_windows)
+
     def settings(self) -> dict:
         return self.options.manifest_entry()
+
+    def record(self, manifest) -> None:
+        super().record(manifest)
+        manifest.set_streaming(self.options.manifest_entry())
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.matches = self.rewrite_graph(model.graph)  # the KV cache lives in the main graph only

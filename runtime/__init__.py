@@ -1,12 +1,14 @@
-"""planforge.runtime: load a compiled model and generate text.
+"""planforge.runtime: load a compiled model on a backend and generate text.
 
-Imports without torch or transformers: ONNX Runtime, numpy and tokenizers only.
+Imports without torch or transformers: ONNX Runtime, numpy and tokenizers only
+(a backend's own heavy dependencies are imported when it is opened).
 """
 
+from planforge.manifest import Manifest
+from planforge.runtime.backends import Backend, open_backend
 from planforge.runtime.generator import GenerationConfig, GenerationResult, Generator
-from planforge.runtime.manifest import Manifest
 from planforge.runtime.sampling import SamplingConfig
-from planforge.runtime.session import Session
-from planforge.runtime.tokenizer import Tokenizer
+from planforge.tokenizer import Tokenizer
 
-__all__ = ["GenerationConfig", "GenerationResult", "Generator", "Manifest", "SamplingConfig", "Session", "Tokenizer"]
+__all__ = ["Backend", "GenerationConfig", "GenerationResult", "Generator", "Manifest", "SamplingConfig", "Tokenizer",
+           "open_backend"]

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from planforge.errors import InvalidGenerationConfigError, InvalidPromptError, PromptTooLongError
-from planforge.runtime.backend import Backend, positions_from_mask
+from planforge.runtime.backends.base import Backend, positions_from_mask
 from planforge.runtime.sampling import Sampler, SamplingConfig
 
 TokenCallback = Callable[[int, int], None]  # (row in the batch, new token id)

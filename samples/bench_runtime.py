@@ -59,7 +59,7 @@ def main():
     from transformers import AutoModelForCausalLM
 
     from planforge.exporter.api import ExportOptions, export
-    from planforge.runtime import Generator, Session
+    from planforge.runtime import Generator, open_backend
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,7 +69,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export(args.model, Path(tmp) / "compiled", ExportOptions())
-        generator = Generator(Session(Path(tmp) / "compiled", threads=args.threads))
+        generator = Generator(open_backend(Path(tmp) / "compiled", threads=args.threads))
         for batch in (1, 4):
             prompts = [rng.integers(1, vocab, args.prompt_tokens - 3 * i).tolist() for i in range(batch)]
             pf_s, pf_tokens = time_planforge(generator, prompts, args.new_tokens, args.repeats)

@@ -49,12 +49,12 @@ def check_against_torch(model: str, sparse_dir: Path, predictor: Path, heads: fl
     import torch
     from transformers import AutoModelForCausalLM
 
-    from planforge.runtime import Session
+    from planforge.runtime import open_backend
     from planforge.sparsity.masking import masked_logits, predicted_masks
     from planforge.sparsity.predictor import Predictor
 
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-    session = Session(sparse_dir)
+    session = open_backend(sparse_dir)
     _, tokens = decode_once(session, prompt, new_tokens)
     ids = np.concatenate([prompt, np.array([tokens])], axis=1)  # the greedy continuation, teacher-forced in torch
     masks = predicted_masks(hf, Predictor.load(predictor), torch.from_numpy(ids), heads, mlp)
@@ -70,7 +70,7 @@ def check_against_torch(model: str, sparse_dir: Path, predictor: Path, heads: fl
 
 
 def random_predictor(model_dir: Path, path: Path, hidden: int = 128) -> Path:
-    from planforge.runtime.manifest import Manifest
+    from planforge.manifest import Manifest
     from planforge.sparsity.predictor import Predictor, PredictorHeader, expected_shapes
 
     d = Manifest.load(model_dir).dims
@@ -107,8 +107,8 @@ def main():
     from planforge.graph_passes.contextual_sparsity import SparsityOptions
     from planforge.graph_passes.flops import decode_macs, format_table
     from planforge.graph_passes.schemes import QuantOptions
-    from planforge.runtime import Session
-    from planforge.runtime.manifest import model_file_bytes
+    from planforge.runtime import open_backend
+    from planforge.manifest import model_file_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -134,7 +134,7 @@ def main():
             optimize(tmp / "dense", tmp / "sparse_w4a4", OptimizeOptions(quant=quant, embedding="float",
                                                                          sparsity=sparsity))
             variants["W4A4"], variants[f"{label} + W4A4"] = tmp / "w4a4", tmp / "sparse_w4a4"
-        sessions = {name: Session(path, threads=args.threads) for name, path in variants.items()}
+        sessions = {name: open_backend(path, threads=args.threads) for name, path in variants.items()}
         vocab = sessions["dense fp32"].manifest.dims.vocab_size
         prompt = np.random.default_rng(0).integers(1, vocab, (1, args.prompt_tokens))
         times = {name: [] for name in sessions}

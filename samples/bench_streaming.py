@@ -36,17 +36,17 @@ import numpy as np
 
 def recompute(model_dir: Path, text: Path, length: int, decode: int) -> dict:
     """Each step re-runs the last context-length tokens from scratch."""
-    from planforge.runtime import Session
-    from planforge.runtime.tokenizer import Tokenizer
+    from planforge.runtime import open_backend
+    from planforge.tokenizer import Tokenizer
 
-    session = Session(model_dir)
+    session = open_backend(model_dir)
     context = session.manifest.dims.max_seq_len
     ids = Tokenizer(model_dir).encode(text.read_text())[:length]
     times = []
     for _ in range(decode):
         window = np.array(ids[-context:], dtype=np.int64)[None]
         start = time.perf_counter()
-        logits = session.run_prefill(window)
+        logits = session.prefill_logits(window)
         times.append(time.perf_counter() - start)
         ids.append(int(logits[0, -1].argmax()))
     return {"kv_mb": 0.0, "cache_positions": 0, "peak_rss_mb": _peak_rss_mb(),
@@ -54,10 +54,10 @@ def recompute(model_dir: Path, text: Path, length: int, decode: int) -> dict:
 
 
 def child(model_dir: Path, text: Path, length: int, decode: int) -> dict:
-    from planforge.runtime import Generator, Session
-    from planforge.runtime.tokenizer import Tokenizer
+    from planforge.runtime import Generator, open_backend
+    from planforge.tokenizer import Tokenizer
 
-    session = Session(model_dir)
+    session = open_backend(model_dir)
     ids = np.array(Tokenizer(model_dir).encode(text.read_text())[:length], dtype=np.int64)[None]
     assert ids.shape[1] == length, f"{text} holds fewer than {length} tokens"
     generator = Generator(session)

@@ -24,7 +24,7 @@ from planforge.evaluation.api import evaluate
 from planforge.exporter.api import ExportOptions, export
 from planforge.graph_passes.api import OptimizeOptions, optimize
 from planforge.graph_passes.schemes import QuantOptions
-from planforge.runtime.manifest import Manifest, model_file_bytes
+from planforge.manifest import Manifest, model_file_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

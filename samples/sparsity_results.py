@@ -43,7 +43,7 @@ from planforge.evaluation.accuracy import accuracy, load_items
 from planforge.evaluation.perplexity import perplexity, windows
 from planforge.evaluation.scorers import gather_logprobs, right_pad
 from planforge.exporter.loading import load_model, load_tokenizer
-from planforge.runtime.tokenizer import Tokenizer
+from planforge.tokenizer import Tokenizer
 from planforge.sparsity.importance import window_importance
 from planforge.sparsity.masking import (layer0_attention_output, masked_logits, per_layer_predicted_logits,
                                         top_k_mask)

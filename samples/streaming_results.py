@@ -29,9 +29,9 @@ import numpy as np
 
 def stream_ppl(model_dir: Path, ids: np.ndarray) -> float:
     from planforge.evaluation.perplexity import stream_perplexity
-    from planforge.evaluation.scorers import CompiledScorer
+    from planforge.evaluation.scorers import BackendScorer
 
-    return stream_perplexity(CompiledScorer(model_dir).stream_logprobs(ids), segment=len(ids)).perplexity
+    return stream_perplexity(BackendScorer(model_dir).stream_logprobs(ids), segment=len(ids)).perplexity
 
 
 def sink_attention(source: Path, ids: np.ndarray, sinks: int) -> list[float]:
@@ -56,11 +56,11 @@ def main():
     args = parser.parse_args()
 
     from planforge.evaluation.perplexity import perplexity
-    from planforge.evaluation.scorers import CompiledScorer
+    from planforge.evaluation.scorers import BackendScorer
     from planforge.exporter.api import ExportOptions, export
     from planforge.graph_passes.api import OptimizeOptions, optimize
     from planforge.graph_passes.streaming_attention import StreamingOptions
-    from planforge.runtime.tokenizer import Tokenizer
+    from planforge.tokenizer import Tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -73,7 +73,7 @@ def main():
         optimize(tmp / "plain", tmp / "window", OptimizeOptions(streaming=StreamingOptions(0, context)))
         export(str(args.model), tmp / "full", ExportOptions(max_seq_len=len(ids)))
 
-        within = perplexity(ids, CompiledScorer(tmp / "plain").token_logprobs, context, args.stride).perplexity
+        within = perplexity(ids, BackendScorer(tmp / "plain").token_logprobs, context, args.stride).perplexity
         rows = [("within context (sliding windows, re-computed)", f"{context} (recompute every {args.stride})",
                  within),
                 (f"sinks + window (S={args.sinks}, W={window})", f"{context} constant",

@@ -17,7 +17,7 @@ def test_runtime_imports_without_torch_or_transformers():
                     raise ImportError(f"{name} is blocked in this test")
         sys.meta_path.insert(0, Block())
         import planforge.runtime
-        from planforge.runtime import Generator, Session, Tokenizer
+        from planforge.runtime import Generator, Tokenizer, open_backend
         assert "torch" not in sys.modules and "transformers" not in sys.modules
         print("ok")
     """)

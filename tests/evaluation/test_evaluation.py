@@ -97,9 +97,9 @@ def test_bad_accuracy_set(tiny_model, tmp_path):
 
 def test_shared_prefix_scoring_equals_full_sequences(tiny_model):
     """The compiled scorer's KV-cache path (context once, choices batched) against whole-sequence scoring."""
-    from planforge.evaluation.scorers import CompiledScorer, _continuations_by_full_sequences
+    from planforge.evaluation.scorers import BackendScorer, _continuations_by_full_sequences
 
-    scorer = CompiledScorer(tiny_model("qwen2")[1])
+    scorer = BackendScorer(tiny_model("qwen2")[1])
     rng = np.random.default_rng(0)
     context = rng.integers(1, 300, 40)
     continuations = [rng.integers(1, 300, n) for n in (1, 3, 6)]

@@ -12,7 +12,7 @@ import pytest
 from planforge.errors import (CompiledModelError, ModelNotFoundError, OutputExistsError,
                               UnsupportedArchitectureError, UnsupportedConfigError)
 from planforge.exporter.api import ExportOptions, export
-from planforge.runtime import Session
+from planforge.runtime import open_backend
 
 
 def test_missing_model_directory(tmp_path):
@@ -132,24 +132,24 @@ def test_truncated_model_onnx(tiny_model, tmp_path):
     data = (compiled / "model.onnx").read_bytes()
     (compiled / "model.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(CompiledModelError, match="corrupt or truncated"):
-        Session(compiled)
+        open_backend(compiled)
 
 
 def test_garbage_model_onnx(tiny_model, tmp_path):
     compiled = _copy_compiled(tiny_model, tmp_path)
     (compiled / "model.onnx").write_bytes(b"\x00not an onnx model" * 100)
     with pytest.raises(CompiledModelError, match="Re-export"):
-        Session(compiled)
+        open_backend(compiled)
 
 
 def test_missing_model_onnx_and_manifest(tiny_model, tmp_path):
     compiled = _copy_compiled(tiny_model, tmp_path)
     (compiled / "model.onnx").unlink()
     with pytest.raises(CompiledModelError, match="no model.onnx"):
-        Session(compiled)
+        open_backend(compiled)
     (compiled / "planforge.json").unlink()
     with pytest.raises(CompiledModelError, match="planforge export"):
-        Session(compiled)
+        open_backend(compiled)
 
 
 def test_cached_hub_id_is_exported_offline(tiny_model, tmp_path, monkeypatch):

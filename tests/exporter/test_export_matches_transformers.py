@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from planforge.runtime import Session
+from planforge.runtime import open_backend
 
 FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
 ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
@@ -23,7 +23,7 @@ def _padded_batch(seed: int, length: int, pad: int):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefill_and_decode_logits_match(family, tiny_model, hf_model):
     source, compiled = tiny_model(family)
-    model, session = hf_model(source), Session(compiled)
+    model, session = hf_model(source), open_backend(compiled)
     ids, mask, positions = _padded_batch(0, length=20, pad=5)  # 20 > Mistral's window of 8
     logits, cache = session.forward(ids.numpy(), mask.numpy(), positions.numpy(), session.empty_cache(2))
     with torch.no_grad():
@@ -77,7 +77,7 @@ def test_fp16_export_runs_and_tracks_fp32(tiny_model):
     source, compiled16 = tiny_model("llama", "fp16")
     _, compiled32 = tiny_model("llama")
     ids, mask, positions = _padded_batch(2, length=12, pad=0)
-    s16, s32 = Session(compiled16), Session(compiled32)
+    s16, s32 = open_backend(compiled16), open_backend(compiled32)
     l16, _ = s16.forward(ids.numpy(), mask.numpy(), positions.numpy(), s16.empty_cache(2))
     l32, _ = s32.forward(ids.numpy(), mask.numpy(), positions.numpy(), s32.empty_cache(2))
     assert l16.dtype == np.float32  # logits are always fp32
@@ -109,7 +109,7 @@ def test_qwen2_per_layer_sliding_window_matches_transformers(tmp_path, make_rand
     export(str(source), tmp_path / "onnx")
     assert Manifest.load(tmp_path / "onnx").sliding_windows == [None, 6]
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    session = Session(tmp_path / "onnx")
+    session = open_backend(tmp_path / "onnx")
     ids, mask, positions = _padded_batch(4, length=16, pad=3)
     logits, _ = session.forward(ids.numpy(), mask.numpy(), positions.numpy(), session.empty_cache(2))
     with torch.no_grad():
@@ -127,4 +127,4 @@ def test_external_data_export_loads_and_matches(tiny_model, tmp_path):
     assert (tmp_path / "ext" / "model.onnx.data").stat().st_size > (tmp_path / "ext" / "model.onnx").stat().st_size
     assert Manifest.load(tmp_path / "ext").external_data
     ids = np.arange(1, 11, dtype=np.int64)[None]
-    np.testing.assert_array_equal(Session(tmp_path / "ext").run_prefill(ids), Session(inline).run_prefill(ids))
+    np.testing.assert_array_equal(open_backend(tmp_path / "ext").prefill_logits(ids), open_backend(inline).prefill_logits(ids))

@@ -6,7 +6,7 @@ import torch
 
 from planforge.errors import AdapterError
 from planforge.exporter.api import ExportOptions, export
-from planforge.runtime import Session
+from planforge.runtime import open_backend
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -30,7 +30,7 @@ def test_merged_adapter_matches_peft_model(family, tiny_model, tmp_path):
     assert np.abs(expected - unadapted).max() > 1e-2  # the adapter matters
 
     export(str(source), tmp_path / "merged", ExportOptions(adapter=tmp_path / "adapter"))
-    logits = Session(tmp_path / "merged").run_prefill(ids.numpy())
+    logits = open_backend(tmp_path / "merged").prefill_logits(ids.numpy())
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
 
 

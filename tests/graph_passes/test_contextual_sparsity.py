@@ -18,8 +18,8 @@ from planforge.errors import InvalidSparsityError, PredictorError, PredictorMism
 from planforge.graph_passes.api import OptimizeOptions, optimize
 from planforge.graph_passes.contextual_sparsity import SparsityOptions, top_k
 from planforge.graph_passes.schemes import QuantizationError, QuantOptions
-from planforge.runtime.manifest import Manifest
-from planforge.runtime.session import Session
+from planforge.manifest import Manifest
+from planforge.runtime import open_backend
 from planforge.sparsity.masking import layer0_attention_output, masked_logits, predicted_masks
 from planforge.sparsity.predictor import Predictor, PredictorHeader, expected_shapes
 
@@ -107,8 +107,8 @@ def test_keep_all_equals_dense_graph_prefill_and_decode(llama):
     manifest = Manifest.load(out)
     assert manifest.io == Manifest.load(llama["exported"]).io  # no I/O change
     ids = np.random.default_rng(3).integers(1, 300, (2, 9))
-    dense = run_steps(Session(llama["exported"]), ids, 5)
-    sparse = run_steps(Session(out), ids, 5)
+    dense = run_steps(open_backend(llama["exported"]), ids, 5)
+    sparse = run_steps(open_backend(out), ids, 5)
     np.testing.assert_allclose(sparse, dense, atol=ATOL_DENSE, rtol=0)
 
 
@@ -125,7 +125,7 @@ def test_step_by_step_decode_equals_masked_reference(llama, heads, mlp):
     if mlp:
         assert (neuron_mask[:, :, 1:] != neuron_mask[:, :, :-1]).any()
     reference = masked_logits(llama["hf"], torch.from_numpy(ids), head_mask, neuron_mask).numpy()
-    np.testing.assert_allclose(run_steps(Session(out), ids, 4), reference, atol=ATOL_REF, rtol=0)
+    np.testing.assert_allclose(run_steps(open_backend(out), ids, 4), reference, atol=ATOL_REF, rtol=0)
     entry = Manifest.load(out).passes[-1]
     assert entry["name"] == "contextual_sparsity" and entry["matches"] == (2 if mlp else 1)  # layer 0: MLP only
     assert entry["settings"]["heads"] == heads and entry["settings"]["mlp"] == mlp
@@ -148,7 +148,7 @@ def test_oracle_selection_equals_masked_reference(llama, tmp_path):
         neuron_mask[layer, ..., np.argsort(-neuron_scores[layer])[:kn]] = True
     head_mask[0] = True  # layer 0's heads are always dense
     reference = masked_logits(llama["hf"], torch.from_numpy(ids), head_mask, neuron_mask).numpy()
-    np.testing.assert_allclose(run_steps(Session(out), ids, 3), reference, atol=ATOL_REF, rtol=0)
+    np.testing.assert_allclose(run_steps(open_backend(out), ids, 3), reference, atol=ATOL_REF, rtol=0)
 
 
 @pytest.mark.parametrize("family,seed,length", [("qwen2", 6, 8), ("mistral", 6, 13)])
@@ -164,7 +164,7 @@ def test_biases_mqa_and_sliding_window(tiny_model, hf_model, tmp_path, family, s
     assert_clear_cut(hf, predictor, ids, 0.5, 0.5)
     masks = predicted_masks(hf, predictor, torch.from_numpy(ids), 0.5, 0.5)
     reference = masked_logits(hf, torch.from_numpy(ids), *masks).numpy()
-    np.testing.assert_allclose(run_steps(Session(out), ids, 3), reference, atol=ATOL_REF, rtol=0)
+    np.testing.assert_allclose(run_steps(open_backend(out), ids, 3), reference, atol=ATOL_REF, rtol=0)
 
 
 def test_w4a4_in_the_same_call_sparsity_first(llama, tmp_path):
@@ -177,7 +177,7 @@ def test_w4a4_in_the_same_call_sparsity_first(llama, tmp_path):
     assert names == ["contextual_sparsity", "quantize_linears"]
     assert Manifest.load(both).passes[1]["matches"] == 14  # 2 layers x 7 linears: K/V outside, the rest in If
     ids = np.random.default_rng(7).integers(1, 300, (2, 6))
-    a, b = Session(only), Session(both)
+    a, b = open_backend(only), open_backend(both)
     mask, pos = np.ones((2, 6), np.int64), np.tile(np.arange(6), (2, 1))
     np.testing.assert_allclose(b.forward(ids, mask, pos, b.empty_cache(2))[0],
                                a.forward(ids, mask, pos, a.empty_cache(2))[0], atol=ATOL_DENSE, rtol=0)
@@ -292,7 +292,7 @@ def test_fp16_keep_all_matches_dense_fp16(tiny_model, llama, tmp_path):
     exported = tiny_model("llama", "fp16")[1]
     out = sparsify(exported, tmp_path / "fp16", llama["path"], KEEP_ALL, KEEP_ALL)
     ids = np.random.default_rng(8).integers(1, 300, (2, 7))
-    np.testing.assert_allclose(run_steps(Session(out), ids, 4), run_steps(Session(exported), ids, 4), atol=2e-2, rtol=0)
+    np.testing.assert_allclose(run_steps(open_backend(out), ids, 4), run_steps(open_backend(exported), ids, 4), atol=2e-2, rtol=0)
 
 
 def test_gpt2_learned_positions_and_plain_mlp_keep_all(tiny_model, tmp_path):
@@ -301,15 +301,15 @@ def test_gpt2_learned_positions_and_plain_mlp_keep_all(tiny_model, tmp_path):
     make_predictor(Manifest.load(exported).dims, tmp_path / "p.safetensors")
     out = sparsify(exported, tmp_path / "gpt2", tmp_path / "p.safetensors", KEEP_ALL, KEEP_ALL)
     ids = np.random.default_rng(9).integers(1, 300, (2, 7))
-    np.testing.assert_allclose(run_steps(Session(out), ids, 4), run_steps(Session(exported), ids, 4),
+    np.testing.assert_allclose(run_steps(open_backend(out), ids, 4), run_steps(open_backend(exported), ids, 4),
                                atol=ATOL_DENSE, rtol=0)
 
 
 def test_left_padded_batch_equals_rows_alone(llama):
     """A row's selection depends only on its own tokens: a left-padded batch decodes each row as if alone."""
-    from planforge.runtime.backend import positions_from_mask
+    from planforge.runtime.backends import positions_from_mask
 
-    session = Session(sparsify(llama["exported"], llama["root"] / "pad", llama["path"], 0.5, 0.5))
+    session = open_backend(sparsify(llama["exported"], llama["root"] / "pad", llama["path"], 0.5, 0.5))
     rng = np.random.default_rng(10)
     rows = [rng.integers(1, 300, 6), rng.integers(1, 300, 3)]
     steps = rng.integers(1, 300, (2, 4))

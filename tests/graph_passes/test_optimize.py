@@ -12,7 +12,7 @@ import pytest
 from planforge.graph_passes.api import OptimizeOptions, optimize
 from planforge.graph_passes.calibration import calibrate, calibration_samples
 from planforge.graph_passes.schemes import QuantizationError, QuantOptions, format_for, parse_count
-from planforge.runtime.manifest import Manifest
+from planforge.manifest import Manifest
 
 CALIB_SEQ = 32
 
@@ -73,7 +73,7 @@ def test_calibration_matches_transformers_hooks(tiny_model, hf_model, calib_text
 
     source, exported = tiny_model("llama")
     manifest = Manifest.load(exported)
-    from planforge.runtime.tokenizer import Tokenizer
+    from planforge.tokenizer import Tokenizer
 
     samples = calibration_samples(Tokenizer(exported).encode(calib_text.read_text()), CALIB_SEQ, 2)
     stats = calibrate(exported, manifest, samples, hessians=True)

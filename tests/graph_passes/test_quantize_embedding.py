@@ -18,8 +18,8 @@ from planforge.graph_passes.api import OptimizeOptions, optimize
 from planforge.graph_passes.quantize_embedding import EmbeddingOptions, dequantized_table, quantize_table
 from planforge.graph_passes.quantizer import CLIP_RATIOS
 from planforge.graph_passes.schemes import QuantizationError, QuantOptions
-from planforge.runtime import Session
-from planforge.runtime.manifest import Manifest, model_file_bytes
+from planforge.runtime import open_backend
+from planforge.manifest import Manifest, model_file_bytes
 
 from .test_quantizer import _loop_reference
 
@@ -68,7 +68,7 @@ def _logits_match_reference(source, compiled, bits, group, tied, atol=ATOL, tabl
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 300, (2, 12), generator=g)
     mask, positions = torch.ones_like(ids), torch.arange(12).expand(2, 12)
-    session = Session(compiled)
+    session = open_backend(compiled)
     logits, cache = session.forward(ids.numpy(), mask.numpy(), positions.numpy(), session.empty_cache(2))
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)

@@ -7,9 +7,9 @@ import torch
 from planforge.errors import InvalidPromptError, UnsupportedArchitectureError
 from planforge.graph_passes.api import OptimizeOptions, optimize
 from planforge.graph_passes.streaming_attention import StreamingConfigError, StreamingOptions
-from planforge.runtime import Generator, Session
+from planforge.runtime import Backend, Generator, open_backend
 from planforge.runtime.generator import GenerationConfig
-from planforge.runtime.manifest import Manifest
+from planforge.manifest import Manifest
 from tests.graph_passes.streaming_reference import streaming_logits
 
 SINKS, WINDOW = 2, 6  # 8 cache slots; the streams below are several times longer
@@ -32,7 +32,7 @@ def streaming_model(tiny_model, tmp_path_factory):
     return get
 
 
-def stream_logits(session: Session, ids: list[int], first_chunk: int) -> tuple[np.ndarray, list]:
+def stream_logits(session: Backend, ids: list[int], first_chunk: int) -> tuple[np.ndarray, list]:
     """Feeds ``first_chunk`` tokens in one step, then one token per step, through the Generator's masks."""
     generator = Generator(session)
     row = np.array([ids], dtype=np.int64)
@@ -61,8 +61,8 @@ def test_reference_equals_transformers_while_nothing_is_evicted(tiny_model, hf_m
 def test_equals_the_plain_model_until_the_cache_fills(streaming_model, family):
     _, exported, streamed = streaming_model(family)
     ids = list(np.random.RandomState(1).randint(1, 300, SINKS + WINDOW))
-    plain, _, _ = stream_logits(Session(exported), ids, first_chunk=3)
-    got, lengths, _ = stream_logits(Session(streamed), ids, first_chunk=3)
+    plain, _, _ = stream_logits(open_backend(exported), ids, first_chunk=3)
+    got, lengths, _ = stream_logits(open_backend(streamed), ids, first_chunk=3)
     assert lengths == list(range(3, SINKS + WINDOW + 1))
     np.testing.assert_allclose(got, plain, atol=1e-5, rtol=0)
 
@@ -71,7 +71,7 @@ def test_equals_the_plain_model_until_the_cache_fills(streaming_model, family):
 def test_after_the_cache_fills_equals_the_torch_streaming_reference(streaming_model, hf_model, family):
     source, _, streamed = streaming_model(family)
     ids = [int(i) for i in np.random.RandomState(2).randint(1, 300, 5 * (SINKS + WINDOW))]
-    got, lengths, _ = stream_logits(Session(streamed), ids, first_chunk=SINKS + WINDOW)
+    got, lengths, _ = stream_logits(open_backend(streamed), ids, first_chunk=SINKS + WINDOW)
     assert max(lengths) == SINKS + WINDOW and lengths[-1] == SINKS + WINDOW  # constant memory
     expected = streaming_logits(hf_model(source), ids, SINKS, WINDOW).numpy()
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
@@ -89,13 +89,13 @@ def test_a_model_window_composes_with_streaming(streaming_model, hf_model):
         plain = model(torch.tensor([ids])).logits[0].numpy()
     for window, expected in ((10, plain), (5, streaming_logits(model, ids, SINKS, 5, model_window=8).numpy())):
         _, _, streamed = streaming_model("mistral", SINKS, window)
-        got, _, _ = stream_logits(Session(streamed), ids, first_chunk=SINKS + window)
+        got, _, _ = stream_logits(open_backend(streamed), ids, first_chunk=SINKS + window)
         np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
 
 
 def test_eviction_never_drops_the_sinks(streaming_model):
     _, _, streamed = streaming_model("llama")
-    session = Session(streamed)
+    session = open_backend(streamed)
     ids = [int(i) for i in np.random.RandomState(4).randint(1, 300, 6 * (SINKS + WINDOW))]
     _, _, first = stream_logits(session, ids[:SINKS + WINDOW], first_chunk=SINKS + WINDOW)
     _, _, last = stream_logits(session, ids, first_chunk=SINKS + WINDOW)
@@ -112,7 +112,7 @@ def test_a_cache_as_long_as_max_seq_len_streams_past_it(make_random_model, hf_mo
     source = make_random_model("llama", tmp_path / "hf")
     export(str(source), tmp_path / "onnx", ExportOptions(max_seq_len=32))
     optimize(tmp_path / "onnx", tmp_path / "stream", OptimizeOptions(streaming=StreamingOptions(4, 28)))
-    session = Session(tmp_path / "stream")
+    session = open_backend(tmp_path / "stream")
     prompt = [int(i) for i in np.random.RandomState(5).randint(1, 300, 100)]
     got, lengths, _ = stream_logits(session, prompt, first_chunk=32)
     assert set(lengths) == {32}
@@ -174,6 +174,6 @@ def test_streaming_composes_with_quantization(tiny_model, tmp_path):
     optimize(exported, tmp_path / "qs", OptimizeOptions(quant=quant, streaming=StreamingOptions(SINKS, WINDOW)))
     assert [p["name"] for p in Manifest.load(tmp_path / "qs").passes] == ["quantize_linears", "streaming_attention"]
     ids = [int(i) for i in np.random.RandomState(6).randint(1, 300, SINKS + WINDOW)]
-    plain, _, _ = stream_logits(Session(tmp_path / "q"), ids, first_chunk=3)
-    got, _, _ = stream_logits(Session(tmp_path / "qs"), ids, first_chunk=3)
+    plain, _, _ = stream_logits(open_backend(tmp_path / "q"), ids, first_chunk=3)
+    got, _, _ = stream_logits(open_backend(tmp_path / "qs"), ids, first_chunk=3)
     np.testing.assert_allclose(got, plain, atol=1e-5, rtol=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from planforge.errors import PredictorError, PredictorMismatchError, PredictorNotFoundError
-from planforge.runtime.manifest import Dims
+from planforge.manifest import Dims
 from planforge.sparsity.predictor import Predictor, PredictorHeader, expected_shapes
 
 

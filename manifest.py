@@ -1,7 +1,9 @@
 """``planforge.json``: what a compiled model is, and the I/O contract it honours.
 
 Written by the exporter, extended by every graph pass (``passes``), read by the
-runtime. Plain JSON and dataclasses, so the runtime imports without torch.
+runtime and its backends. It lives at the package root because every layer
+reads it: the exporter and the graph passes write it without importing the
+runtime. Plain JSON and dataclasses, so it imports without torch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from planforge.errors import CompiledModelError
 
 # numpy dtype name of each exported dtype, for the KV cache the runtime allocates.
 KV_NUMPY_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# What model.onnx is written for: the portable standard-op graph (export, optimize --target portable),
+# or a lowering of it onto one backend's own kernels (optimize --target onnxruntime).
+PORTABLE = "portable"
+TARGETS = (PORTABLE, "onnxruntime")
 
 
 @dataclass
@@ -53,6 +59,8 @@ class Manifest:
     external_data: bool = False
     # Set by `optimize --streaming`: {"sink_tokens": S, "window": W, "cache_slots": S + W}.
     streaming: Optional[dict] = None
+    # Set by a lowering pass: the backend model.onnx is lowered for (PORTABLE: standard ops only).
+    target: str = PORTABLE
     format_version: int = constants.FORMAT_VERSION
 
     def save(self, directory: Path) -> None:
