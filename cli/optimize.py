@@ -55,6 +55,7 @@ def command(
     sink_tokens: Annotated[int, typer.Option(help="With --streaming: initial tokens always kept in the cache (attention sinks); fewer than --window.")] = 4,
     window: Annotated[Optional[int], typer.Option(help="With --streaming: most recent tokens kept in the cache (>= 1). Default: max_seq_len - --sink-tokens, the largest the trained positions allow.")] = None,
     target: Annotated[Target, typer.Option(help="What model.onnx is written for. onnxruntime: the quantized linears and the token table lowered onto ONNX Runtime's own integer and 4-bit kernels (MatMulNBits, MatMulInteger, GatherBlockQuantized; the fast form on the embedded default). portable: standard ONNX ops and QDQ only, the semantic reference that TensorRT and the other backends read.")] = Target.onnxruntime,
+    accuracy_level: Annotated[int, typer.Option(help="--target onnxruntime: how MatMulNBits computes with the 4-bit weights of weight-only linears and of a tied LM head. 4: int8 activations per weight block (fast; what ONNX Runtime GenAI ships); 1: float32 (the portable graph's numbers exactly, slower).")] = 4,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (only when the run succeeds).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
@@ -83,7 +84,8 @@ def command(
                 if predictor is not None or sparsity_heads or sparsity_mlp else None)
     options = OptimizeOptions(quant=quant_options, calib=calib, calib_samples=calib_samples, calib_seq_len=calib_seq_len,
                               embedding=None if embedding is Embedding.auto else embedding.value,
-                              sparsity=sparsity, streaming=streaming_options, target=target.value, force=force,
+                              sparsity=sparsity, streaming=streaming_options, target=target.value,
+                              accuracy_level=accuracy_level, force=force,
                               show_progress=not quiet)
     _, reports = optimize(model, output, options)
     for report in reports:

@@ -34,15 +34,16 @@ class NodeBuilder:
         self.graph.register_initializer(value)
         return value
 
-    def op(self, op_type: str, inputs: list, name: str, num_outputs: int = 1, **attributes):
-        """One output: its value; several: the list of them."""
+    def op(self, op_type: str, inputs: list, name: str, num_outputs: int = 1, _domain: str = "", **attributes):
+        """One output: its value; several: the list of them. ``_domain`` names a custom-op domain."""
         node_name = self._unique(f"{self.prefix}/{name}")
         if num_outputs == 1:
-            out = self.tape.op(op_type, inputs, attributes or None, name=node_name)
+            out = self.tape.op(op_type, inputs, attributes or None, domain=_domain, name=node_name)
             out.name = f"{node_name}_output"
             self.nodes.append(out.producer())
             return out
-        outs = self.tape.op_multi_out(op_type, inputs, attributes or None, num_outputs=num_outputs, name=node_name)
+        outs = self.tape.op_multi_out(op_type, inputs, attributes or None, domain=_domain, num_outputs=num_outputs,
+                                      name=node_name)
         self.nodes.append(outs[0].producer())
         for i, out in enumerate(outs):
             out.name = f"{node_name}_output_{i}"

@@ -85,9 +85,14 @@ def quantize_linear(w: np.ndarray, fmt: LinearFormat, stats: Optional[LinearStat
     return QuantizedLinear(fmt, keep, outliers, q, scale, w_out)
 
 
-def _activation_qdq(b: NodeBuilder, x: ir.Value, bits: int) -> ir.Value:
-    """x (..., Kq) float32 -> its per-token asymmetric ``bits`` fake-quantized value (see the diagram)."""
-    levels, mid = float((1 << bits) - 1), float(1 << (bits - 1))
+def activation_codes(b: NodeBuilder, x: ir.Value, bits: int) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """x (..., Kq) float32 -> (q, scale, lo): per-token unsigned ``bits`` codes q in [0, 2^bits - 1] (float32),
+    the token's scale and minimum, (..., 1) each (see the diagram).
+
+    The portable graph and every lowering build the codes with this one function, so their integers are
+    the same bit for bit.
+    """
+    levels = float((1 << bits) - 1)
     f32 = lambda v: np.array(v, dtype=np.float32)  # noqa: E731
     axes = b.const("axes", np.array([-1], dtype=np.int64))
     lo = b.op("ReduceMin", [x, axes], "act/ReduceMin", keepdims=1)
@@ -97,10 +102,21 @@ def _activation_qdq(b: NodeBuilder, x: ir.Value, bits: int) -> ir.Value:
     scale = b.op("Where", [b.op("Greater", [scale, zero_c], "act/nonzero"), scale, one_c], "act/scale")
     shifted = b.op("Div", [b.op("Sub", [x, lo], "act/Sub"), scale], "act/Div")
     q = b.op("Floor", [b.op("Add", [shifted, b.const("half", f32(0.5))], "act/AddHalf")], "act/Floor")
-    q = b.op("Clip", [q, zero_c, b.const("levels_clip", f32(levels))], "act/Clip")
-    mid_c = b.const("mid", f32(mid))
-    q_signed = b.op("Sub", [q, mid_c], "act/q")
-    zero = b.op("Add", [lo, b.op("Mul", [mid_c, scale], "act/mid_scale")], "act/zero")
+    return b.op("Clip", [q, zero_c, b.const("levels_clip", f32(levels))], "act/Clip"), scale, lo
+
+
+def activation_zero(b: NodeBuilder, scale: ir.Value, lo: ir.Value, bits: int) -> tuple[ir.Value, ir.Value]:
+    """(mid, zero): the code offset 2^(bits-1) and the token's float zero ``lo + mid·scale``, so that
+    x̂ = (q - mid)·scale + zero."""
+    mid = b.const("mid", np.array(float(1 << (bits - 1)), dtype=np.float32))
+    return mid, b.op("Add", [lo, b.op("Mul", [mid, scale], "act/mid_scale")], "act/zero")
+
+
+def _activation_qdq(b: NodeBuilder, x: ir.Value, bits: int) -> ir.Value:
+    """x (..., Kq) float32 -> its per-token asymmetric ``bits`` fake-quantized value (see the diagram)."""
+    q, scale, lo = activation_codes(b, x, bits)
+    mid, zero = activation_zero(b, scale, lo, bits)
+    q_signed = b.op("Sub", [q, mid], "act/q")
     return b.op("Add", [b.op("Mul", [q_signed, scale], "act/dq_scale"), zero], "act/dq")
 
 

@@ -93,8 +93,9 @@ def main() -> None:
                   ("FP16", export(str(args.model), work / "fp16", ExportOptions(dtype="fp16", force=True)) and work / "fp16")]
         for i, (label, quant, embedding) in enumerate(ROWS[:args.rows]):
             out = work / f"q{i}"
-            optimize(work / "fp16", out, OptimizeOptions(quant=quant, embedding=embedding, calib=calib,
-                                                         calib_samples=args.calib_samples, force=True))
+            optimize(work / "fp16", out, OptimizeOptions(quant=quant, embedding=embedding, calib=calib,  # the QDQ form
+                                                         calib_samples=args.calib_samples, target="portable",
+                                                         force=True))
             models.append((label, out))
         rows, fp16 = [], None
         for label, directory in models:

@@ -56,9 +56,9 @@ def oracle_predictor(dims, path, head_scores, neuron_scores):
     return predictor
 
 
-def sparsify(exported, out, predictor_path, heads, mlp, quant=None):
+def sparsify(exported, out, predictor_path, heads, mlp, quant=None, target="portable"):
     optimize(exported, out, OptimizeOptions(sparsity=SparsityOptions(heads, mlp, predictor_path), quant=quant,
-                                            force=True))
+                                            target=target, force=True))
     return out
 
 
@@ -172,7 +172,7 @@ def test_w4a4_in_the_same_call_sparsity_first(llama, tmp_path):
     quant = QuantOptions(scheme="w4a4", outliers="0")
     both = sparsify(llama["exported"], tmp_path / "both", llama["path"], KEEP_ALL, KEEP_ALL, quant=quant)
     only = tmp_path / "w4a4"
-    optimize(llama["exported"], only, OptimizeOptions(quant=quant))
+    optimize(llama["exported"], only, OptimizeOptions(quant=quant, target="portable"))
     names = [p["name"] for p in Manifest.load(both).passes]
     assert names == ["contextual_sparsity", "quantize_linears"]
     assert Manifest.load(both).passes[1]["matches"] == 14  # 2 layers x 7 linears: K/V outside, the rest in If

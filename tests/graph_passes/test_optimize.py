@@ -36,7 +36,7 @@ def w4a4(tiny_model, calib_text, tmp_path_factory):
     out = tmp_path_factory.mktemp("w4a4") / "model"
     proc = planforge("optimize", tiny_model("llama")[1], "-o", out, "--quant", "w4a4", "--outliers", "8",
                      "--weight-method", "gptq", "--calib", calib_text, "--calib-samples", 4,
-                     "--calib-seq-len", CALIB_SEQ, "--quiet")
+                     "--calib-seq-len", CALIB_SEQ, "--target", "portable", "--quiet")
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -102,7 +102,8 @@ def test_outlier_counts():
             parse_count(bad, 64)
 
 
-@pytest.mark.parametrize("case", ["scheme", "outliers", "short_calib", "already_quantized", "no_weights", "no_calib"])
+@pytest.mark.parametrize("case", ["scheme", "outliers", "short_calib", "already_quantized", "already_lowered",
+                                  "no_weights", "no_calib"])
 def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, w4a4, calib_text, tmp_path):
     source = tiny_model("llama")[1]
     args, message = {
@@ -110,12 +111,16 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, w4a4, calib_
         "outliers": (["--outliers", "64", "--calib", calib_text], "leave nothing to quantize"),
         "short_calib": (["--calib", tmp_path / "short.txt", "--calib-seq-len", 64], "fewer than one sample"),
         "already_quantized": (["--quant", "w8a8"], "already quantized"),
+        "already_lowered": (["--quant", "w8a8"], "already lowered for onnxruntime"),
         "no_weights": (["--weight-method", "gptq", "--calib", calib_text], "cannot be read"),
         "no_calib": (["--weight-method", "gptq"], "--calib"),
     }[case]
     (tmp_path / "short.txt").write_text("The quick brown fox.")
     if case == "already_quantized":
         source = w4a4[0]
+    if case == "already_lowered":
+        source = tmp_path / "lowered"
+        optimize(tiny_model("llama")[1], source, OptimizeOptions(quant=QuantOptions("w4a16")))
     if case == "no_weights":
         source = tmp_path / "external"
         shutil.copytree(tiny_model("llama")[1], source)
@@ -132,8 +137,10 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, w4a4, calib_
 def test_quant_none_copies_and_w4a16_needs_no_calibration(tiny_model, tmp_path):
     source = tiny_model("llama")[1]
     manifest, reports = optimize(source, tmp_path / "same", OptimizeOptions(quant=None))
-    assert reports == [] and Manifest.load(tmp_path / "same").passes == []
-    _, (report,) = optimize(source, tmp_path / "w4a16", OptimizeOptions(quant=QuantOptions("w4a16")))
+    # The ONNX Runtime lowering finds nothing to lower: the output is the portable graph, unchanged.
+    assert [(r.name, r.matches) for r in reports] == [("lower_onnxruntime", 0)]
+    assert Manifest.load(tmp_path / "same").passes == [] and Manifest.load(tmp_path / "same").target == "portable"
+    _, (report,) = optimize(source, tmp_path / "w4a16", OptimizeOptions(quant=QuantOptions("w4a16"), target="portable"))
     assert report.matches == 14
     assert json.loads((tmp_path / "w4a16" / "planforge.json").read_text())["passes"][0]["settings"]["scheme"] == "w4a16"
 

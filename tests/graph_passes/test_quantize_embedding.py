@@ -85,7 +85,7 @@ def _logits_match_reference(source, compiled, bits, group, tied, atol=ATOL, tabl
 def test_tied_int4_table_serves_lookup_and_lm_head(tmp_path):
     source, compiled = _tied_llama(tmp_path)
     out = tmp_path / "int4"
-    _, (report,) = optimize(compiled, out, OptimizeOptions(embedding="int4"))
+    _, (report,) = optimize(compiled, out, OptimizeOptions(embedding="int4", target="portable"))
     assert report.name == "quantize_embedding" and report.matches == 1
     entry = Manifest.load(out).passes[0]
     assert entry["settings"] == {"storage": "int4", "bits": 4, "group": 64, "clip_search": True}
@@ -107,13 +107,13 @@ def test_tied_int4_table_serves_lookup_and_lm_head(tmp_path):
 
 def test_untied_int8_table_keeps_float_lm_head(tiny_model, tmp_path):
     source, compiled = tiny_model("llama")
-    optimize(compiled, tmp_path / "int8", OptimizeOptions(embedding="int8"))
+    optimize(compiled, tmp_path / "int8", OptimizeOptions(embedding="int8", target="portable"))
     _logits_match_reference(source, tmp_path / "int8", bits=8, group=None, tied=False)
 
 
 def test_gpt2_quantizes_the_token_table_not_the_positions(tiny_model, tmp_path):
     source, compiled = tiny_model("gpt2")
-    optimize(compiled, tmp_path / "gpt2", OptimizeOptions(embedding="int4"))
+    optimize(compiled, tmp_path / "gpt2", OptimizeOptions(embedding="int4", target="portable"))
     types = {t.name: t.data_type for t in onnx.load(str(tmp_path / "gpt2" / "model.onnx")).graph.initializer}
     assert types["transformer.wpe.weight"] == onnx.TensorProto.FLOAT
     _logits_match_reference(source, tmp_path / "gpt2", bits=4, group=64, tied=True)
@@ -124,16 +124,16 @@ def test_auto_follows_the_scheme_for_tied_tables_only(tiny_model, tmp_path):
     assert [OptimizeOptions(quant=q).embedding_storage(tied=True) for q in (w4a4, w8a8, w4a16)] == ["int4", "int8", "int4"]
     assert OptimizeOptions(quant=w4a4).embedding_storage(tied=False) == "float"  # untied: auto keeps it float
     assert OptimizeOptions(quant=w4a4, embedding="float").embedding_storage(tied=True) == "float"
-    assert OptimizeOptions(embedding="int8").embedding_storage(tied=False) == "int8"
+    assert OptimizeOptions(embedding="int8", target="portable").embedding_storage(tied=False) == "int8"
     assert OptimizeOptions().embedding_storage(tied=True) == "float"
-    _, reports = optimize(tiny_model("llama")[1], tmp_path / "untied", OptimizeOptions(quant=w4a16))
+    _, reports = optimize(tiny_model("llama")[1], tmp_path / "untied", OptimizeOptions(quant=w4a16, target="portable"))
     assert [r.name for r in reports] == ["quantize_linears"]  # the tiny Llama is untied
-    _, reports = optimize(tiny_model("gpt2")[1], tmp_path / "tied", OptimizeOptions(quant=w4a16))
+    _, reports = optimize(tiny_model("gpt2")[1], tmp_path / "tied", OptimizeOptions(quant=w4a16, target="portable"))
     assert [(r.name, r.matches) for r in reports] == [("quantize_linears", 12), ("quantize_embedding", 1)]
     entry = Manifest.load(tmp_path / "tied").passes[1]
     assert entry["settings"]["clip_search"] is True
     _, reports = optimize(tiny_model("gpt2")[1], tmp_path / "noclip",
-                          OptimizeOptions(quant=QuantOptions("w4a16", clip_search=False)))
+                          OptimizeOptions(quant=QuantOptions("w4a16", clip_search=False), target="portable"))
     assert Manifest.load(tmp_path / "noclip").passes[1]["settings"]["clip_search"] is False
 
 
@@ -149,7 +149,7 @@ def test_quantize_table_in_chunks_equals_one_piece(monkeypatch):
 
 def test_fp16_model_casts_the_table(tiny_model, tmp_path):
     source, compiled16 = tiny_model("llama", "fp16")
-    optimize(compiled16, tmp_path / "int4", OptimizeOptions(embedding="int4"))
+    optimize(compiled16, tmp_path / "int4", OptimizeOptions(embedding="int4", target="portable"))
     graph = onnx.load(str(tmp_path / "int4" / "model.onnx")).graph
     assert any(n.op_type == "Cast" and n.input[0].endswith("DequantizeLinear_output") for n in graph.node)
     # fp16 math end to end against the fp32 reference: the exporter's fp16 tolerance
@@ -169,9 +169,9 @@ def test_bad_embedding_settings_are_refused(tiny_model, tmp_path):
     lookup.input[1] = "ids_copy"
     onnx.save(model, str(no_lookup / "model.onnx"))
     with pytest.raises(QuantizationError, match="no token-embedding table to quantize"):
-        optimize(no_lookup, tmp_path / "y", OptimizeOptions(embedding="int4"))
+        optimize(no_lookup, tmp_path / "y", OptimizeOptions(embedding="int4", target="portable"))
     assert not (tmp_path / "y").exists()
-    optimize(compiled, tmp_path / "once", OptimizeOptions(embedding="int4"))
+    optimize(compiled, tmp_path / "once", OptimizeOptions(embedding="int4", target="portable"))
     proc = subprocess.run([sys.executable, "-m", "planforge.cli.app", "optimize", str(tmp_path / "once"), "-o",
                            str(tmp_path / "twice"), "--quant", "none", "--embedding", "int8", "--quiet"],
                           capture_output=True, text=True, timeout=300)

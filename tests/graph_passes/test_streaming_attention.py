@@ -170,8 +170,9 @@ def test_streaming_composes_with_quantization(tiny_model, tmp_path):
     from planforge.graph_passes.schemes import QuantOptions
 
     quant = QuantOptions(scheme="w8a8", outliers="0", int8_layers=(), weight_method="rtn")
-    optimize(exported, tmp_path / "q", OptimizeOptions(quant=quant))
-    optimize(exported, tmp_path / "qs", OptimizeOptions(quant=quant, streaming=StreamingOptions(SINKS, WINDOW)))
+    optimize(exported, tmp_path / "q", OptimizeOptions(quant=quant, target="portable"))
+    optimize(exported, tmp_path / "qs", OptimizeOptions(quant=quant, streaming=StreamingOptions(SINKS, WINDOW),
+                                                        target="portable"))
     assert [p["name"] for p in Manifest.load(tmp_path / "qs").passes] == ["quantize_linears", "streaming_attention"]
     ids = [int(i) for i in np.random.RandomState(6).randint(1, 300, SINKS + WINDOW)]
     plain, _, _ = stream_logits(open_backend(tmp_path / "q"), ids, first_chunk=3)
