@@ -2,6 +2,13 @@
 
 Every layer encodes text the same way through this class (calibration, evaluation,
 ``planforge run``), so the same text always gives the same ids.
+
+BOS, decided once: text is encoded with the special tokens the tokenizer's own
+post-processor adds (a BOS for the Llama family, nothing for GPT-2), exactly as
+transformers' ``tokenizer(text)`` does. The exporter writes those tokens as explicit
+``add_bos_token`` / ``add_eos_token`` flags into tokenizer_config.json, which is what
+ONNX Runtime GenAI's tokenizer reads: with ``update_options(add_special_tokens="true")``
+it gives the same ids (its default encodes without special tokens).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from pathlib import Path
 from planforge.errors import TokenizerMissingError
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 class Tokenizer:
@@ -29,3 +37,22 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def pin_special_tokens(directory: str | Path) -> None:
+    """Writes the BOS/EOS the tokenizer adds to a text as explicit flags in tokenizer_config.json (see above)."""
+    import json
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    config_path = Path(directory) / TOKENIZER_CONFIG_FILE
+    if not config_path.is_file() or not (Path(directory) / TOKENIZER_FILE).is_file():
+        return
+    tokenizer = HFTokenizer.from_file(str(Path(directory) / TOKENIZER_FILE))
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a", add_special_tokens=True).ids
+    start = full.index(plain[0]) if plain and plain[0] in full else 0
+    config = json.loads(config_path.read_text())
+    config["add_bos_token"] = start > 0
+    config["add_eos_token"] = len(full) > start + len(plain)
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

@@ -15,6 +15,8 @@ from planforge.errors import UnsupportedConfigError
 from planforge.exporter import loading
 from planforge.exporter.decoder_graph import build_decoder_graph
 from planforge.exporter.registry import adapter_for
+from planforge.genai_config import write_genai_config
+from planforge.tokenizer import pin_special_tokens
 from planforge.exporter.progress import ExportProgress
 from planforge.manifest import Manifest, io_contract
 
@@ -90,6 +92,7 @@ def export(model: str, out: Path, options: ExportOptions = ExportOptions()) -> M
             log.warning("%s has no fast tokenizer; the compiled model will accept token ids only.", model_dir)
         else:
             tokenizer.save_pretrained(tmp)
+            pin_special_tokens(tmp)
         manifest = Manifest(
             planforge_version=__version__,
             architecture=type(hf_model).__name__,
@@ -106,4 +109,5 @@ def export(model: str, out: Path, options: ExportOptions = ExportOptions()) -> M
             **_special_tokens(hf_model, tokenizer),
         )
         manifest.save(tmp)
+        write_genai_config(tmp, manifest)
     return manifest

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from planforge import constants
 from planforge.atomic import atomic_output_dir, refuse_existing
+from planforge.genai_config import GENAI_CONFIG_FILE, write_genai_config
 from planforge.graph_passes.base import PassContext, PassReport
 from planforge.graph_passes.options import OPTIMIZE_TARGETS, OptimizeOptions
 from planforge.graph_passes.pipeline import Pipeline, build_passes
@@ -41,9 +42,10 @@ def _save(model: ir.Model, model_dir: Path, out: Path, manifest: Manifest, force
                 external_data=constants.EXTERNAL_DATA_FILE if external else None)
         for item in model_dir.iterdir():  # tokenizer and any other side files
             if item.is_file() and item.name not in (constants.MODEL_FILE, constants.EXTERNAL_DATA_FILE,
-                                                    constants.MANIFEST_FILE):
+                                                    constants.MANIFEST_FILE, GENAI_CONFIG_FILE):
                 shutil.copy2(item, tmp / item.name)
         manifest.save(tmp)
+        write_genai_config(tmp, manifest)
 
 
 def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOptions()
