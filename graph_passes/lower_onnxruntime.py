@@ -42,7 +42,7 @@ from planforge.graph_passes.base import GraphPass, PassContext
 from planforge.graph_passes.node_builder import NodeBuilder
 from planforge.graph_passes.options import ACCURACY_LEVELS
 from planforge.graph_passes.ort_sites import LinearSite, TableSite, match_linear, match_table
-from planforge.graph_passes.quantize_linears import activation_codes
+from planforge.graph_passes.quantize_linears import activation_range, rounded_offsets
 from planforge.graph_passes.schemes import QuantizationError
 from planforge.manifest import Manifest
 
@@ -146,8 +146,6 @@ class LowerOnnxRuntimePass(GraphPass):
             return 0
         b = NodeBuilder(graph, f"{first.name}/ort" if len(group) == 1 else f"{first.name}+{len(group) - 1}/ort")
         dtype, x = first.dtype, first.root
-        if first.keep is not None:
-            x = b.op("Gather", [x, b.const("keep", first.keep.astype(np.int64))], "keep/Gather", axis=-1)
         if dtype != ir.DataType.FLOAT:
             x = b.op("Cast", [x], "in/Cast", to=ir.DataType.FLOAT)
         weight = np.concatenate([site.weight for site in group])  # (N, Kq): siblings stack along N
@@ -155,7 +153,7 @@ class LowerOnnxRuntimePass(GraphPass):
         if first.a_bits is None:
             y = self._matmul_nbits(b, x, weight, scale, first.block, first.w_bits)
         else:
-            y = self._integer_linear(b, x, weight, scale, first.w_bits, first.a_bits)
+            y = self._integer_linear(b, x, weight, scale, first.w_bits, first.a_bits, first.keep, first.in_features)
         if dtype != ir.DataType.FLOAT:
             y = b.op("Cast", [y], "out/Cast", to=dtype)
         if first.outliers is not None:
@@ -185,14 +183,33 @@ class LowerOnnxRuntimePass(GraphPass):
                     accuracy_level=self.accuracy_level)
 
     def _integer_linear(self, b: NodeBuilder, x: ir.Value, codes: np.ndarray, scale: np.ndarray, w_bits: int,
-                        a_bits: int) -> ir.Value:
-        """x (..., Kq) float32 -> x̂ @ Ŵ (..., N) float32 through an exact integer GEMM (module doc).
+                        a_bits: int, keep: Optional[np.ndarray], width: int) -> ir.Value:
+        """x (..., width) float32 -> x̂ @ Ŵ (..., N) float32 through an exact integer GEMM (module doc).
 
         With x̂ = q·s_tok + lo (the portable ``(q - mid)·s + (lo + mid·s)``) and Ŵ = W_q·s_w:
         x̂ @ Ŵ = s_tok · (Σ_k q·W_q)·s_w + lo · colsum(Ŵ), so the GEMM needs no zero point for the codes.
+        The kept columns are not gathered (a strided copy of every token, the slowest op of W4A4 prefill):
+        the token's range skips the outlier columns through a mask, every column gets a code, and the
+        outlier columns' weight rows are zero, so the integer sum is the kept columns' exactly.
         """
-        q, s_tok, lo = activation_codes(b, x, a_bits)
-        codes_u8 = b.op("Cast", [q], "act/codes", to=ir.DataType.UINT8)
+        low = high = x
+        if keep is not None:
+            full = np.zeros((codes.shape[0], width), dtype=np.int8)
+            full[:, keep] = codes
+            codes = full  # (N, width)
+            mask = np.zeros(width, dtype=bool)
+            mask[keep] = True
+            kept = b.const("kept_columns", mask)
+            big = np.finfo(np.float32).max
+            low = b.op("Where", [kept, x, b.const("above_all", np.array(big, np.float32))], "act/kept_low")
+            high = b.op("Where", [kept, x, b.const("below_all", np.array(-big, np.float32))], "act/kept_high")
+        scale_tok, lo = activation_range(b, low, high, a_bits)
+        levels = b.const("levels_clip", np.array(float((1 << a_bits) - 1), dtype=np.float32))
+        # Cast truncates toward zero, which on the kept columns' non-negative (x - lo) / s + ½ is the
+        # portable graph's Floor (Clip first: the same integers, one op fewer).
+        clipped = b.op("Clip", [rounded_offsets(b, x, scale_tok, lo), b.const("zero_clip", np.array(0.0, np.float32)),
+                                levels], "act/Clip")
+        codes_u8 = b.op("Cast", [clipped], "act/codes", to=ir.DataType.UINT8)
         if w_bits == 4:  # u8 x s8: INT4 in the file, widened to int8 by a Cast ONNX Runtime folds at load
             w4 = b.const("weight_q", np.ascontiguousarray(codes).astype(ml_dtypes.int4))
             w = b.op("Transpose", [b.op("Cast", [w4], "weight/Cast", to=ir.DataType.INT8)], "weight/Transpose",
@@ -206,7 +223,7 @@ class LowerOnnxRuntimePass(GraphPass):
         channel_scale = np.ascontiguousarray(scale[:, 0])  # per output channel: one block of Kq
         colsum = (codes.astype(np.float64).sum(axis=1) * channel_scale).astype(np.float32)  # (N,) Σ_k Ŵ[k, n]
         acc_f = b.op("Cast", [acc], "acc/Cast", to=ir.DataType.FLOAT)  # (..., N) Σ_k q·W_q
-        y = b.op("Mul", [b.op("Mul", [acc_f, s_tok], "acc/token_scale"), b.const("channel_scale", channel_scale)],
+        y = b.op("Mul", [b.op("Mul", [acc_f, scale_tok], "acc/token_scale"), b.const("channel_scale", channel_scale)],
                  "acc/channel_scale")
         return b.op("Add", [y, b.op("Mul", [lo, b.const("colsum", colsum)], "lo/colsum")], "lo/Add")
 

@@ -47,6 +47,10 @@ class LinearSite:
     def out_features(self) -> int:
         return self.weight.shape[0]
 
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1] + (0 if self.outliers is None else len(self.outliers))
+
     def group_key(self) -> tuple:
         """Linears with equal keys read the same input through the same quantizer and can share one GEMM."""
         columns = lambda a: None if a is None else a.tobytes()  # noqa: E731

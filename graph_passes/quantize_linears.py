@@ -85,24 +85,38 @@ def quantize_linear(w: np.ndarray, fmt: LinearFormat, stats: Optional[LinearStat
     return QuantizedLinear(fmt, keep, outliers, q, scale, w_out)
 
 
+def activation_range(b: NodeBuilder, x_low: ir.Value, x_high: ir.Value, bits: int) -> tuple[ir.Value, ir.Value]:
+    """(scale, lo) per token, (..., 1) each: lo = min(x_low), scale = (max(x_high) - lo) / (2^bits - 1), or 1
+    where the token's range is empty (``x_low`` and ``x_high`` are the same tensor except in a lowering that
+    masks columns out of the range)."""
+    f32 = lambda v: np.array(v, dtype=np.float32)  # noqa: E731
+    axes = b.const("axes", np.array([-1], dtype=np.int64))
+    lo = b.op("ReduceMin", [x_low, axes], "act/ReduceMin", keepdims=1)
+    hi = b.op("ReduceMax", [x_high, axes], "act/ReduceMax", keepdims=1)
+    levels = b.const("levels", f32((1 << bits) - 1))
+    scale = b.op("Div", [b.op("Sub", [hi, lo], "act/range"), levels], "act/scale_raw")
+    scale = b.op("Where", [b.op("Greater", [scale, b.const("zero", f32(0.0))], "act/nonzero"), scale,
+                           b.const("one", f32(1.0))], "act/scale")
+    return scale, lo
+
+
+def rounded_offsets(b: NodeBuilder, x: ir.Value, scale: ir.Value, lo: ir.Value) -> ir.Value:
+    """(x - lo) / scale + ½: the codes before rounding down (>= ½ wherever x >= lo)."""
+    shifted = b.op("Div", [b.op("Sub", [x, lo], "act/Sub"), scale], "act/Div")
+    return b.op("Add", [shifted, b.const("half", np.array(0.5, dtype=np.float32))], "act/AddHalf")
+
+
 def activation_codes(b: NodeBuilder, x: ir.Value, bits: int) -> tuple[ir.Value, ir.Value, ir.Value]:
     """x (..., Kq) float32 -> (q, scale, lo): per-token unsigned ``bits`` codes q in [0, 2^bits - 1] (float32),
     the token's scale and minimum, (..., 1) each (see the diagram).
 
-    The portable graph and every lowering build the codes with this one function, so their integers are
-    the same bit for bit.
+    The portable graph builds its codes here, and every lowering from ``activation_range`` and
+    ``rounded_offsets``, so their integers are the same bit for bit.
     """
-    levels = float((1 << bits) - 1)
-    f32 = lambda v: np.array(v, dtype=np.float32)  # noqa: E731
-    axes = b.const("axes", np.array([-1], dtype=np.int64))
-    lo = b.op("ReduceMin", [x, axes], "act/ReduceMin", keepdims=1)
-    hi = b.op("ReduceMax", [x, axes], "act/ReduceMax", keepdims=1)
-    scale = b.op("Div", [b.op("Sub", [hi, lo], "act/range"), b.const("levels", f32(levels))], "act/scale_raw")
-    zero_c, one_c = b.const("zero", f32(0.0)), b.const("one", f32(1.0))
-    scale = b.op("Where", [b.op("Greater", [scale, zero_c], "act/nonzero"), scale, one_c], "act/scale")
-    shifted = b.op("Div", [b.op("Sub", [x, lo], "act/Sub"), scale], "act/Div")
-    q = b.op("Floor", [b.op("Add", [shifted, b.const("half", f32(0.5))], "act/AddHalf")], "act/Floor")
-    return b.op("Clip", [q, zero_c, b.const("levels_clip", f32(levels))], "act/Clip"), scale, lo
+    scale, lo = activation_range(b, x, x, bits)
+    levels = b.const("levels_clip", np.array(float((1 << bits) - 1), dtype=np.float32))
+    q = b.op("Floor", [rounded_offsets(b, x, scale, lo)], "act/Floor")
+    return b.op("Clip", [q, b.const("zero_clip", np.array(0.0, dtype=np.float32)), levels], "act/Clip"), scale, lo
 
 
 def activation_zero(b: NodeBuilder, scale: ir.Value, lo: ir.Value, bits: int) -> tuple[ir.Value, ir.Value]:

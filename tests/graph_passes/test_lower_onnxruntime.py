@@ -84,13 +84,18 @@ def test_integer_sums_are_exact_and_the_output_matches_the_qdq_graph(scheme, rol
     lowered, report = _lowered(portable)
     assert report.matches == 1, report.refusals
     ops = {n.op_type for n in lowered.graph}
-    assert "MatMulInteger" in ops and "DequantizeLinear" not in ops and "MatMul" in ops | {"MatMul"}
+    assert "MatMulInteger" in ops and "DequantizeLinear" not in ops and "Floor" not in ops
     x = (rng.standard_normal((2, 5, K)) * 3).astype(onnx.helper.tensor_dtype_to_np_dtype(dtype))
-    codes_name, acc_name = _output_of(portable, "Clip"), _output_of(lowered, "MatMulInteger")
-    y_ref, codes = _session(portable, outputs=[codes_name]).run(None, {"x": x})
-    y, acc = _session(lowered, outputs=[acc_name]).run(None, {"x": x})
-    # The int32 sums are exactly Σ_k code·W_q over the portable graph's own codes and integer weights.
+    x.reshape(-1, K)[0, :4] = [0.0, 0.0, 7.5, -7.5]  # ties and repeats in the token range
+    names = [_output_of(lowered, op) for op in ("MatMulInteger",)]
+    names.append(next(n.outputs[0].name for n in lowered.graph if n.op_type == "Cast" and n.name.endswith("act/codes")))
+    y_ref, codes = _session(portable, outputs=[_output_of(portable, "Clip")]).run(None, {"x": x})
+    y, acc, lowered_codes = _session(lowered, outputs=names).run(None, {"x": x})
+    # The codes are the portable graph's on every kept column, and the int32 sums are exactly Σ_k code·W_q
+    # over the portable graph's own codes and integer weights (numpy int64).
     initializers = {v.name: v.const_value.numpy() for v in portable.graph.initializers.values()}
+    keep = initializers.get("lin/quant.keep", np.arange(K))
+    np.testing.assert_array_equal(lowered_codes[..., keep], codes.astype(np.uint8))
     w_q = initializers["lin/quant.weight_q"].astype(np.int64)  # (N, Kq)
     np.testing.assert_array_equal(acc, codes.astype(np.int64) @ w_q.T)
     scale = float(np.abs(y_ref.astype(np.float32)).max())
