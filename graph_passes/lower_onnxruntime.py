@@ -41,6 +41,7 @@ import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 from planforge.graph_passes.base import GraphPass, PassContext
 from planforge.graph_passes.node_builder import NodeBuilder
 from planforge.graph_passes.options import ACCURACY_LEVELS
+from planforge.graph_passes.ort_fusions import fuse_residual_norms
 from planforge.graph_passes.ort_sites import LinearSite, TableSite, match_linear, match_table
 from planforge.graph_passes.quantize_linears import activation_range, rounded_offsets
 from planforge.graph_passes.schemes import QuantizationError
@@ -75,6 +76,7 @@ class LowerOnnxRuntimePass(GraphPass):
         self.accuracy_level = accuracy_level
         self.ops: set[str] = set()
         self.fused: list[list[str]] = []
+        self.fused_norms = 0
 
     @classmethod
     def from_options(cls, options, context: PassContext) -> Optional["LowerOnnxRuntimePass"]:
@@ -86,7 +88,7 @@ class LowerOnnxRuntimePass(GraphPass):
         return cls(options.accuracy_level)
 
     def settings(self) -> dict:
-        return {"accuracy_level": self.accuracy_level, "fused": self.fused,
+        return {"accuracy_level": self.accuracy_level, "fused": self.fused, "residual_norms": self.fused_norms,
                 "onnxruntime": {"min_version": MIN_ONNXRUNTIME, "ops": sorted(self.ops)}}
 
     def record(self, manifest: Manifest) -> None:
@@ -127,9 +129,13 @@ class LowerOnnxRuntimePass(GraphPass):
             count += self._rewrite_linears(graph, group, anchor)
         for table in tables:
             count += self._rewrite_table(graph, table)
-        if count:
+        norms = fuse_residual_norms(graph)
+        if norms:
+            self.ops.add("SkipSimplifiedLayerNormalization")
+            self.fused_norms += norms
+        if count or norms:
             graph.sort()
-        return count
+        return count + norms
 
     def _refuse_nbits(self, site_name: str, block: int, k: int) -> bool:
         if block in NBITS_BLOCKS or block == k and k in NBITS_BLOCKS:

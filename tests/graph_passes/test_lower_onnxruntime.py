@@ -184,7 +184,9 @@ def test_lowered_model_follows_the_portable_one(tiny_model, tmp_path, calib, sch
     assert manifest.target == "onnxruntime" and reports[-1].name == "lower_onnxruntime"
     layers = manifest.dims.num_layers
     quantized = [lin for lin in manifest.linears if lin["layer"] is not None]  # the LM head stays float
-    assert reports[-1].matches == len(quantized) + 1 and not reports[-1].refusals  # every linear and the table
+    norms = reports[-1].settings["residual_norms"]  # Add + RMSNormalization pairs: 2 per layer (GPT-2: LayerNorm)
+    assert norms == (0 if scheme == "w4a16" or dtype == "fp16" else 2 * layers)  # float32 RMSNorm only
+    assert reports[-1].matches == len(quantized) + 1 + norms and not reports[-1].refusals  # linears, table, norms
     graph = onnx.load(str(tmp_path / "ort" / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert "DequantizeLinear" not in ops and "GatherBlockQuantized" in ops
@@ -223,7 +225,9 @@ def test_lowering_reaches_into_the_sparsity_branches(tiny_model, tmp_path):
     common = dict(quant=QuantOptions("w4a4", outliers="0"), sparsity=SparsityOptions(0.5, 0.5, predictor))
     optimize(exported, tmp_path / "portable", OptimizeOptions(**common, target="portable"))
     _, reports = optimize(exported, tmp_path / "ort", OptimizeOptions(**common))
-    assert reports[-1].matches == 14  # K/V outside the If, the rest in the dense (else) branches
+    # 14 linears (K/V outside the If, the rest in the dense branches) and the residual norms whose sum is
+    # computed in the same graph as the norm
+    assert reports[-1].matches == 14 + reports[-1].settings["residual_norms"]
     model = onnx.load(str(tmp_path / "ort" / "model.onnx"))
     branch_ops = [n.op_type for node in model.graph.node if node.op_type == "If"
                   for attr in node.attribute for n in attr.g.node]
@@ -238,3 +242,19 @@ def test_an_old_onnxruntime_is_refused_with_the_fix(tiny_model, tmp_path, monkey
     monkeypatch.setattr(ort, "__version__", "1.17.0")
     with pytest.raises(ContribOpUnavailableError, match=r"onnxruntime >= 1\.22.*--target portable"):
         open_backend(tmp_path / "ort")
+
+
+def test_residual_norms_fuse_without_quantization(tiny_model, tmp_path):
+    """Float and streaming graphs get the Add + RMSNormalization fusion alone: same logits, fewer ops."""
+    from planforge.graph_passes.streaming_attention import StreamingOptions
+
+    exported = tiny_model("llama")[1]
+    for name, options in (("float", {}), ("streaming", {"streaming": StreamingOptions(4, 28)})):
+        optimize(exported, tmp_path / f"{name}_portable", OptimizeOptions(**options, target="portable"))
+        _, reports = optimize(exported, tmp_path / name, OptimizeOptions(**options))
+        assert reports[-1].matches == reports[-1].settings["residual_norms"] == 4  # 2 layers x 2
+        ops = [n.op_type for n in onnx.load(str(tmp_path / name / "model.onnx")).graph.node]
+        assert ops.count("SkipSimplifiedLayerNormalization") == 4 and ops.count("RMSNormalization") == 1  # final
+        ids = np.random.default_rng(9).integers(1, 300, (2, 9))
+        ref, got = (_steps(open_backend(tmp_path / d), ids, 5) for d in (f"{name}_portable", name))
+        np.testing.assert_allclose(got, ref, atol=1e-4 * float(np.abs(ref).max()), rtol=0)

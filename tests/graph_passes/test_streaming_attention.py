@@ -25,7 +25,7 @@ def streaming_model(tiny_model, tmp_path_factory):
         if (family, sinks, window) not in cache:
             source, exported = tiny_model(family)
             out = tmp_path_factory.mktemp(f"stream_{family}") / "model"
-            optimize(exported, out, OptimizeOptions(streaming=StreamingOptions(sinks, window)))
+            optimize(exported, out, OptimizeOptions(streaming=StreamingOptions(sinks, window), target="portable"))
             cache[(family, sinks, window)] = (source, exported, out)
         return cache[(family, sinks, window)]
 
@@ -111,7 +111,8 @@ def test_a_cache_as_long_as_max_seq_len_streams_past_it(make_random_model, hf_mo
 
     source = make_random_model("llama", tmp_path / "hf")
     export(str(source), tmp_path / "onnx", ExportOptions(max_seq_len=32))
-    optimize(tmp_path / "onnx", tmp_path / "stream", OptimizeOptions(streaming=StreamingOptions(4, 28)))
+    optimize(tmp_path / "onnx", tmp_path / "stream", OptimizeOptions(streaming=StreamingOptions(4, 28),
+                                                                      target="portable"))
     session = open_backend(tmp_path / "stream")
     prompt = [int(i) for i in np.random.RandomState(5).randint(1, 300, 100)]
     got, lengths, _ = stream_logits(session, prompt, first_chunk=32)
