@@ -45,6 +45,7 @@ def command(
     weight_method: Annotated[WeightMethod, typer.Option(help="rtn: round to nearest; gptq: GPTQ with act-order, outliers last (needs --calib).")] = WeightMethod.rtn,
     embedding: Annotated[Embedding, typer.Option(help="Token-embedding table (and a tied LM head, which reads the same table): int4 (symmetric, one scale per 64 hidden units, clip search), int8 (one scale per row) or float. auto: when the LM head is tied to the table, the --quant scheme's weight bits (int4 for w4a4 and w4a16, int8 for w8a8); otherwise, and with --quant none, float (an untied table would be dequantized whole at every step). An explicit int4/int8 also quantizes untied tables and works with --quant none; the clip search follows --clip-search.")] = Embedding.auto,
     clip_search: Annotated[bool, typer.Option(help="Search the weight clipping ratio per channel (1.00 to 0.81) for the least error.")] = True,
+    group: Annotated[Optional[int], typer.Option(help="w4a16 only: input rows sharing one weight scale, a power of two from 16. Default: 128. 32 (ORT-GenAI's int4 default) is more accurate and faster on ONNX Runtime CPU, at 1 more bit per weight for the scales.")] = None,
     calib: Annotated[Optional[Path], typer.Option(help="Calibration text file (needed for outliers and GPTQ).")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration windows to run, each --calib-seq-len tokens.")] = 32,
     calib_seq_len: Annotated[Optional[int], typer.Option(help="Tokens per calibration window. Default: min(256, max_seq_len).")] = None,
@@ -73,7 +74,7 @@ def command(
     roles = tuple(r.strip() for r in int8_layers.split(",") if r.strip() and r.strip() != "none")
     quant_options = None if quant is Quant.none else QuantOptions(
         scheme=quant.value, outliers=outliers, int8_layers=roles, int8_outliers=int8_outliers,
-        weight_method=weight_method.value, clip_search=clip_search)
+        weight_method=weight_method.value, clip_search=clip_search, group=group)
     streaming_options = None
     if streaming:
         from planforge.manifest import Manifest

@@ -62,11 +62,13 @@ class QuantOptions:
     int8_outliers: str = "0"
     weight_method: str = "rtn"
     clip_search: bool = True
+    group: Optional[int] = None  # weight-only schemes: input rows per scale; None = the scheme's (128)
 
     def settings(self) -> dict:
         data = asdict(self)
         data["int8_layers"] = list(self.int8_layers) if SCHEMES[self.scheme].supports_int8_layers else []
         data["outliers"] = self.outliers if self.outliers is not None else SCHEMES[self.scheme].default_outliers
+        data["group"] = self.group or SCHEMES[self.scheme].base.group
         return data
 
     def validate(self) -> None:
@@ -78,6 +80,14 @@ class QuantOptions:
             raise QuantizationError(f"{self.scheme} is weight-only and keeps no outlier columns; drop --outliers.")
         for spec in (self.outlier_spec, self.int8_outliers):
             parse_count(spec, 1 << 30)
+        if self.group is not None:
+            if SCHEMES[self.scheme].base.group is None:
+                raise QuantizationError(f"--group sets the weight blocks of weight-only schemes; {self.scheme} "
+                                        "keeps one scale per output channel (its activations are quantized per "
+                                        "token). Drop --group, or use --quant w4a16.")
+            if self.group < 16 or self.group & (self.group - 1):
+                raise QuantizationError(f"--group {self.group}: give a power of two from 16 (32 is ORT-GenAI's "
+                                        "int4 default, 128 planforge's), which every backend's 4-bit kernels take.")
 
     @property
     def outlier_spec(self) -> str:
@@ -112,6 +122,7 @@ def format_for(options: QuantOptions, role: str, in_features: int) -> LinearForm
     outliers = parse_count(options.outlier_spec, in_features)
     if scheme.base.w_bits == 4 and outliers and (in_features - outliers) % 2 and outliers + 1 < in_features:
         outliers += 1  # an even number of 4-bit columns packs into whole bytes (the GEMM plugin needs it)
-    return replace(scheme.base, outliers=outliers)
+    group = options.group if options.group is not None and scheme.base.group is not None else scheme.base.group
+    return replace(scheme.base, outliers=outliers, group=group)
 
 

@@ -3,7 +3,8 @@
     python samples/bench_peers.py samples/reference_model --out out/peers
 
 Builds, from one Hugging Face directory: planforge fp32 (export), W4A16, W8A8 and
-W4A4 (QUIK; `planforge optimize`, the default --target onnxruntime, calibrated on
+W4A4 (QUIK; `planforge optimize`, the default --target onnxruntime; W4A16 also with
+--group 32, ORT-GenAI's int4 block; W4A4 calibrated on
 the last quarter of heldout.txt, which the perplexity never reaches), and ONNX
 Runtime GenAI's own fp32 and int4 builds (its model builder, `-p fp32|int4 -e cpu`:
 block 32, accuracy level 4). Then, in interleaved rounds that each load every model
@@ -61,7 +62,8 @@ def build_planforge(model: Path, out: Path) -> dict[str, Path]:
     calib = out / "calib.txt"
     calib.write_text(text[3 * len(text) // 4:])  # the last quarter: perplexity scores only the start
     export(str(model), out / "fp32", ExportOptions(force=True))
-    schemes = {"w4a16": QuantOptions("w4a16"), "w8a8": QuantOptions("w8a8"), "w4a4": QuantOptions("w4a4")}
+    schemes = {"w4a16": QuantOptions("w4a16"), "w4a16-g32": QuantOptions("w4a16", group=32),
+               "w8a8": QuantOptions("w8a8"), "w4a4": QuantOptions("w4a4")}
     for name, quant in schemes.items():
         optimize(out / "fp32", out / name, OptimizeOptions(quant=quant, calib=calib, force=True))
     return {"fp32": out / "fp32", **{name: out / name for name in schemes}}
@@ -211,7 +213,10 @@ def report(variants: list[Variant], args) -> None:
     by_name = {v.name: v for v in variants}
     same = by_name["planforge fp32"].tokens == by_name["planforge fp32, ORT-GenAI client"].tokens
     print(f"\nplanforge fp32: same greedy tokens from planforge's runtime and ORT-GenAI's client: {'yes' if same else 'NO'}")
-    for ours, theirs in (("planforge w4a16", "ORT-GenAI int4"), ("planforge fp32", "planforge fp32, ORT-GenAI client"),
+    for ours, theirs in (("planforge w4a16", "ORT-GenAI int4"), ("planforge w4a16 g32", "ORT-GenAI int4"),
+                         ("planforge fp32", "planforge fp32, ORT-GenAI client"),
+                         ("planforge w4a16 g32", "planforge w4a16 g32, ORT-GenAI client"),
+                         ("planforge w4a16 g32, ORT-GenAI client", "ORT-GenAI int4"),
                          ("planforge w4a4", "planforge fp32")):
         ratios = [statistics.median(by_name[ours].decode[b]) / statistics.median(by_name[theirs].decode[b])
                   for b in batches]
@@ -242,6 +247,8 @@ def main():
     variants = [Variant("planforge fp32", ours["fp32"], "planforge"),
                 Variant("planforge fp32, ORT-GenAI client", ours["fp32"], "ort-genai"),
                 Variant("planforge w4a16", ours["w4a16"], "planforge"),
+                Variant("planforge w4a16 g32", ours["w4a16-g32"], "planforge"),
+                Variant("planforge w4a16 g32, ORT-GenAI client", ours["w4a16-g32"], "ort-genai"),
                 Variant("planforge w8a8", ours["w8a8"], "planforge"),
                 Variant("planforge w4a4", ours["w4a4"], "planforge"),
                 Variant("ORT-GenAI fp32", peers["fp32"], "ort-genai"),

@@ -103,7 +103,7 @@ def test_outlier_counts():
 
 
 @pytest.mark.parametrize("case", ["scheme", "outliers", "short_calib", "already_quantized", "already_lowered",
-                                  "no_weights", "no_calib"])
+                                  "no_weights", "no_calib", "group_w4a4", "group_48"])
 def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, w4a4, calib_text, tmp_path):
     source = tiny_model("llama")[1]
     args, message = {
@@ -114,6 +114,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, w4a4, calib_
         "already_lowered": (["--quant", "w8a8"], "already lowered for onnxruntime"),
         "no_weights": (["--weight-method", "gptq", "--calib", calib_text], "cannot be read"),
         "no_calib": (["--weight-method", "gptq"], "--calib"),
+        "group_w4a4": (["--group", "32"], "--group sets the weight blocks of weight-only schemes"),
+        "group_48": (["--quant", "w4a16", "--group", "48"], "a power of two from 16"),
     }[case]
     (tmp_path / "short.txt").write_text("The quick brown fox.")
     if case == "already_quantized":
@@ -142,6 +144,14 @@ def test_quant_none_copies_and_w4a16_needs_no_calibration(tiny_model, tmp_path):
     _, (report,) = optimize(source, tmp_path / "w4a16", OptimizeOptions(quant=QuantOptions("w4a16"), target="portable"))
     assert report.matches == 14
     assert json.loads((tmp_path / "w4a16" / "planforge.json").read_text())["passes"][0]["settings"]["scheme"] == "w4a16"
+    # --group: the blocks of the portable DequantizeLinear and of the lowered MatMulNBits
+    optimize(source, tmp_path / "g32", OptimizeOptions(quant=QuantOptions("w4a16", group=32), target="portable"))
+    optimize(source, tmp_path / "g32_ort", OptimizeOptions(quant=QuantOptions("w4a16", group=32)))
+    blocks = {n.op_type: onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "block_size"))
+              for d in ("g32", "g32_ort") for n in onnx.load(str(tmp_path / d / "model.onnx")).graph.node
+              if n.op_type in ("DequantizeLinear", "MatMulNBits")}
+    assert blocks == {"DequantizeLinear": 32, "MatMulNBits": 32}
+    assert Manifest.load(tmp_path / "g32").passes[0]["settings"]["group"] == 32
 
 
 def test_every_optimize_option_has_help():
