@@ -15,7 +15,7 @@ NAME = "demo"
 def command(
     model: Annotated[Path, typer.Option(help="Hugging Face model directory with heldout.txt and accuracy.jsonl beside the weights.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where the compiled variants are written (replaced if present).")] = Path("out/demo"),
-    max_tokens: Annotated[int, typer.Option(help="Held-out tokens to score for perplexity and agreement.")] = 20000,
+    max_tokens: Annotated[int, typer.Option(help="Held-out tokens to score for perplexity and agreement.")] = 8192,
     new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt for the samples and the decode speed.")] = 48,
     backend: BackendOption = None,
     device: DeviceOption = Device.cpu,

@@ -2,11 +2,14 @@
 generate on ONNX Runtime, and tabulate size, speed, perplexity, accuracy and agreement.
 
 Variants today: the transformers source (run in fp32 with torch) as the baseline, the
-exported fp32 ONNX model, the fp16 export, and QUIK W4A4 of the fp16 export (3% float
-outlier columns, INT8 down_proj, RTN weights; calibrated on the last quarter of the
-held-out file, which the perplexity never reaches), and contextual sparsity of the fp32 export
-(50% of heads and 50% of MLP neurons skipped per token, picked by the shipped predictor; only where
-the model directory has one). Each later pass adds a row. After the table, the streaming
+exported fp32 ONNX model, the fp16 export, W4A16 of the fp32 export (4-bit weights in
+blocks of 32), QUIK W4A4 of the fp32 export (3% float outlier columns, INT8 down_proj, RTN
+weights; calibrated on the last quarter of the held-out file, which the perplexity never
+reaches), both lowered onto ONNX Runtime's integer and 4-bit kernels (``optimize``'s default
+``--target onnxruntime``; the fp32 export is the base because ONNX Runtime's CPU kernels
+compute fp16 in float32 anyway), and contextual sparsity of the fp32 export (50% of heads
+and 50% of MLP neurons skipped per token, picked by the shipped predictor; only where the
+model directory has one). Each later pass adds a row. After the table, the streaming
 model (4 attention sinks + a rolling window, ``optimize --streaming``) is scored token by token over
 a stream 4x the trained context, against sliding windows re-computed on the fp32 export.
 """
@@ -90,16 +93,14 @@ def _decode_speed(scorer: BackendScorer, prompts: list[list[int]], new_tokens: i
     return result.new_token_count / (time.perf_counter() - start), result.tokens
 
 
-def _quantize_w4a4(model: Path, fp16_dir: Path, out: Path, force: bool) -> Path:
+def _quantize(model: Path, fp32_dir: Path, out: Path, name: str, quant, force: bool) -> Path:
     from planforge.graph_passes.api import OptimizeOptions, optimize
-    from planforge.graph_passes.schemes import QuantOptions
 
     text = (model / "heldout.txt").read_text()
     calibration = out / "calibration.txt"  # the last quarter: perplexity scores only the start of the file
     calibration.write_text(text[3 * len(text) // 4:])
-    optimize(fp16_dir, out / "w4a4", OptimizeOptions(quant=QuantOptions(scheme="w4a4", weight_method="rtn"),
-                                                     calib=calibration, calib_samples=32, force=force))
-    return out / "w4a4"
+    optimize(fp32_dir, out / name, OptimizeOptions(quant=quant, calib=calibration, calib_samples=32, force=force))
+    return out / name
 
 
 def _sparsify(predictor: Path, fp32_dir: Path, out: Path, force: bool) -> Path:
@@ -143,8 +144,14 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
     for name, directory in variants.items():
         report(f"exporting {name} -> {directory}")
         export(str(model), directory, ExportOptions(dtype=name.split()[-1], force=force))
-    report(f"quantizing onnx fp16 to W4A4 (QUIK) -> {out / 'w4a4'}")
-    variants["onnx W4A4 (QUIK)"] = _quantize_w4a4(model, variants["onnx fp16"], out, force)
+    from planforge.graph_passes.schemes import QuantOptions
+
+    report(f"quantizing onnx fp32 to W4A16 (blocks of 32) -> {out / 'w4a16'}")
+    variants["onnx W4A16"] = _quantize(model, variants["onnx fp32"], out, "w4a16", QuantOptions("w4a16", group=32),
+                                       force)
+    report(f"quantizing onnx fp32 to W4A4 (QUIK) -> {out / 'w4a4'}")
+    variants["onnx W4A4 (QUIK)"] = _quantize(model, variants["onnx fp32"], out, "w4a4",
+                                             QuantOptions("w4a4", weight_method="rtn"), force)
     predictor = model / SPARSITY_PREDICTOR
     if predictor.is_file():  # shipped with the reference model; another --model has none
         report(f"contextual sparsity (50% heads, 50% neurons) of onnx fp32 -> {out / 'sparse'}")
