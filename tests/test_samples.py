@@ -70,3 +70,26 @@ def test_bench_gather_gemv_runs_and_checks_its_math():
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert [r.split(" | ")[0][2:] for r in rows[1:]] == ["dense", "gathered 50%"] and "| 48 |" in rows[2]
+
+
+def test_bench_peers_builds_both_sides_and_prints_the_table(tiny_model, tmp_path):
+    """samples/bench_peers.py end to end on the tiny Llama: ORT-GenAI's own builds, every planforge variant."""
+    import shutil
+
+    from tests.conftest import CORPUS
+
+    source = tmp_path / "hf"
+    shutil.copytree(tiny_model("llama")[0], source)
+    (source / "heldout.txt").write_text(CORPUS * 4)
+    proc = subprocess.run([sys.executable, str(ROOT / "samples" / "bench_peers.py"), str(source), "--out",
+                           str(tmp_path / "out"), "--rounds", "1", "--new-tokens", "4", "--prompt-tokens", "8",
+                           "--batches", "1", "--ppl-tokens", "256"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    names = [r[0][2:] for r in rows[1:]]
+    assert names == ["planforge fp32", "planforge fp32, ORT-GenAI client", "planforge w4a16", "planforge w4a16 g32",
+                     "planforge w4a16 g32, ORT-GenAI client", "planforge w8a8", "planforge w4a4", "ORT-GenAI fp32",
+                     "ORT-GenAI int4"], proc.stdout
+    # model | client | MB | prefill ms | decode tok/s b1 | b1 vs planforge fp32 | perplexity
+    assert rows[1][5] == "1.00x" and all(float(r[6].strip(" |")) > 1 for r in rows[1:] if "client" not in r[0])
+    assert "same greedy tokens from planforge's runtime and ORT-GenAI's client: yes" in proc.stdout
