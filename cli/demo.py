@@ -17,6 +17,7 @@ def command(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where the compiled variants are written (replaced if present).")] = Path("out/demo"),
     max_tokens: Annotated[int, typer.Option(help="Held-out tokens to score for perplexity and agreement.")] = 8192,
     new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt for the samples and the decode speed.")] = 48,
+    accuracy_items: Annotated[int, typer.Option(min=1, help="Multiple-choice items scored per variant (the first N of accuracy.jsonl).")] = 150,
     backend: BackendOption = None,
     device: DeviceOption = Device.cpu,
 ):
@@ -29,7 +30,7 @@ def command(
     console = Console()
     result = run_demo(model or REFERENCE_MODEL, output, max_tokens, new_tokens,
                       status=lambda message: console.print(f"[dim]{message}[/]"), backend=backend,
-                      device=device.value)
+                      device=device.value, accuracy_items=accuracy_items)
     for prompt, text in result.samples:
         console.print(f"[bold]{prompt}[/]{text}\n")
     table = Table(title=f"planforge demo: {(model or REFERENCE_MODEL).name}, held-out text, ONNX Runtime CPU")

@@ -129,8 +129,8 @@ def _streaming(fp32_dir: Path, out: Path, text_ids: np.ndarray, force: bool, bac
 
 
 def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, force: bool = True,
-             status: Callable[[str], None] = print, backend: Optional[str] = None, device: str = "cpu"
-             ) -> DemoResult:
+             status: Callable[[str], None] = print, backend: Optional[str] = None, device: str = "cpu",
+             accuracy_items: Optional[int] = None) -> DemoResult:
     from planforge.exporter.api import ExportOptions, export
     from planforge.runtime import Tokenizer
 
@@ -159,7 +159,7 @@ def run_demo(model: Path, out: Path, max_tokens: int, new_tokens: int = 48, forc
 
     tokenizer = Tokenizer(variants["onnx fp32"])
     text_ids = np.array(tokenizer.encode((model / "heldout.txt").read_text()), dtype=np.int64)[:max_tokens]
-    items = load_items(model / "accuracy.jsonl")
+    items = load_items(model / "accuracy.jsonl")[:accuracy_items]
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     scored = [("transformers (source)", TransformersScorer(model), None)]
     scored += [(name, BackendScorer(directory, backend, device), directory) for name, directory in variants.items()]

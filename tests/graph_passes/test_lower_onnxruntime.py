@@ -26,6 +26,7 @@ from planforge.graph_passes.quantize_linears import QuantizeLinearsPass, build_q
 from planforge.graph_passes.schemes import LinearFormat, QuantOptions
 from planforge.manifest import Manifest
 from planforge.runtime import open_backend
+from tests.graph_passes.test_contextual_sparsity import make_predictor, run_steps
 
 K, N = 96, 40
 
@@ -149,19 +150,6 @@ def test_unmappable_block_stays_portable_and_says_why():
 
 
 # ------------------------------------------------------------------------------------------- whole models
-def _steps(backend, ids, prompt_len):
-    """Prefill ids[:, :prompt_len], then one token per step -> logits (B, S, V)."""
-    B, S = ids.shape
-    pos = np.tile(np.arange(S), (B, 1))
-    logits, cache = backend.forward(ids[:, :prompt_len], np.ones((B, prompt_len), np.int64), pos[:, :prompt_len],
-                                    backend.empty_cache(B))
-    out = [logits]
-    for t in range(prompt_len, S):
-        logits, cache = backend.forward(ids[:, t:t + 1], np.ones((B, t + 1), np.int64), pos[:, t:t + 1], cache)
-        out.append(logits)
-    return np.concatenate(out, axis=1)
-
-
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
     from tests.conftest import CORPUS
@@ -194,8 +182,8 @@ def test_lowered_model_follows_the_portable_one(tiny_model, tmp_path, calib, sch
     # q/k/v share one GEMM, and so do gate/up of the gated MLP: 4 per layer (and gpt2's tied head)
     assert ops.count(gemm) == 4 * layers + (scheme == "w4a16")
     ids = np.random.default_rng(5).integers(1, 300, (2, 9))
-    ref = _steps(open_backend(tmp_path / "portable"), ids, 5)
-    got = _steps(open_backend(tmp_path / "ort"), ids, 5)
+    ref = run_steps(open_backend(tmp_path / "portable"), ids, 5)
+    got = run_steps(open_backend(tmp_path / "ort"), ids, 5)
     span = float(np.abs(ref).max())
     if dtype == "fp32" and level == 1 or scheme != "w4a16" and dtype == "fp32":
         # float32 paths: the integer GEMMs and the float MatMulNBits differ from the QDQ graph's MatMul at
@@ -210,13 +198,11 @@ def test_lowered_model_follows_the_portable_one(tiny_model, tmp_path, calib, sch
         # activation codes of the next layer (measured: mean 0.8% of the range, 89% top-1 agreement)
         assert np.abs(got - ref).mean() <= 0.02 * span and np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.8
     if scheme != "w4a16":
-        again = _steps(open_backend(tmp_path / "ort", threads=1), ids, 5)
-        np.testing.assert_array_equal(again, _steps(open_backend(tmp_path / "ort", threads=2), ids, 5))
+        again = run_steps(open_backend(tmp_path / "ort", threads=1), ids, 5)
+        np.testing.assert_array_equal(again, run_steps(open_backend(tmp_path / "ort", threads=2), ids, 5))
 
 
 def test_lowering_reaches_into_the_sparsity_branches(tiny_model, tmp_path):
-    from tests.graph_passes.test_contextual_sparsity import make_predictor
-
     from planforge.graph_passes.contextual_sparsity import SparsityOptions
 
     exported = tiny_model("llama")[1]
@@ -233,7 +219,7 @@ def test_lowering_reaches_into_the_sparsity_branches(tiny_model, tmp_path):
                   for attr in node.attribute for n in attr.g.node]
     assert "MatMulInteger" in branch_ops and "DequantizeLinear" not in branch_ops
     ids = np.random.default_rng(8).integers(1, 300, (1, 8))
-    ref, got = (_steps(open_backend(tmp_path / d), ids, 4) for d in ("portable", "ort"))
+    ref, got = (run_steps(open_backend(tmp_path / d), ids, 4) for d in ("portable", "ort"))
     np.testing.assert_allclose(got, ref, atol=1e-3 * float(np.abs(ref).max()), rtol=0)
 
 
@@ -256,5 +242,5 @@ def test_residual_norms_fuse_without_quantization(tiny_model, tmp_path):
         ops = [n.op_type for n in onnx.load(str(tmp_path / name / "model.onnx")).graph.node]
         assert ops.count("SkipSimplifiedLayerNormalization") == 4 and ops.count("RMSNormalization") == 1  # final
         ids = np.random.default_rng(9).integers(1, 300, (2, 9))
-        ref, got = (_steps(open_backend(tmp_path / d), ids, 5) for d in (f"{name}_portable", name))
+        ref, got = (run_steps(open_backend(tmp_path / d), ids, 5) for d in (f"{name}_portable", name))
         np.testing.assert_allclose(got, ref, atol=1e-4 * float(np.abs(ref).max()), rtol=0)
