@@ -40,11 +40,36 @@ def resolve_model_dir(model: str) -> Path:
         ) from None
 
 
+def refuse_model_code(model_dir: Path) -> None:
+    """Refuses a model whose config or tokenizer names Python code of its own (``auto_map``).
+
+    planforge never executes code shipped with a model: transformers would import the directory's
+    ``configuration_*.py`` / ``modeling_*.py`` / ``tokenization_*.py`` for such a model (after asking on a
+    terminal, which a piped ``yes`` answers). Read as plain JSON, before transformers sees the directory.
+    """
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(model_dir) / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError):
+            continue  # unreadable files get their own error where they are loaded
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if auto_map:
+            architecture = ", ".join((data.get("architectures") or []) or [str(data.get("model_type", "?"))])
+            raise UnsupportedArchitectureError(
+                f"{path} maps {architecture} to Python code shipped with the model ({', '.join(auto_map)}); "
+                "planforge never runs model code. Use a checkpoint of a transformers-native architecture "
+                "(see README, supported families), or convert this one to it.")
+
+
 def load_config(model_dir: Path):
     from transformers import AutoConfig
 
+    refuse_model_code(model_dir)
     try:
-        return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        return AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     except (ValueError, KeyError) as exc:
         raise UnsupportedArchitectureError(
             f"transformers cannot read {model_dir / 'config.json'}: {exc}. "
@@ -60,8 +85,10 @@ def load_model(model_dir: Path):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # planforge shows its own progress
+    refuse_model_code(model_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
+                                                     trust_remote_code=False)
     except OSError as exc:
         raise ModelNotFoundError(
             f"cannot load the weights in {model_dir}: {exc}. The directory needs model.safetensors "
@@ -88,10 +115,11 @@ def merge_lora(model, adapter_dir: Path):
 
 def load_tokenizer(model_dir: Path):
     """The model's fast tokenizer, or None when it has none (export still succeeds)."""
+    refuse_model_code(model_dir)
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     except Exception:
         return None
     return tokenizer if getattr(tokenizer, "is_fast", False) else None

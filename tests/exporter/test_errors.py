@@ -166,3 +166,30 @@ def test_cached_hub_id_is_exported_offline(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
     manifest = export("tiny-org/tiny-llama", tmp_path / "out")
     assert manifest.family == "llama" and (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_model_code_never_runs(tiny_model, tmp_path):
+    """A model whose config maps to its own Python code is refused before transformers sees it, even with
+    `y` on stdin for transformers' "run the custom code?" prompt; the code (which writes a marker) never runs."""
+    import json
+
+    evil = tmp_path / "evil"
+    shutil.copytree(tiny_model("llama")[0], evil)
+    marker = tmp_path / "code_ran"
+    for module in ("configuration_evil", "modeling_evil", "tokenization_evil"):
+        (evil / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('{module}')\n")
+    config = json.loads((evil / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig",
+                          "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (evil / "config.json").write_text(json.dumps(config))
+    (tmp_path / "text.txt").write_text("hello world " * 50)
+    for command in (["export", str(evil), "-o", str(tmp_path / "out")],
+                    ["eval", str(evil), "--ppl", str(tmp_path / "text.txt")],
+                    ["sparsity", "importance", str(evil), "--calib", str(tmp_path / "text.txt"), "-o",
+                     str(tmp_path / "imp.safetensors")]):
+        proc = subprocess.run([sys.executable, "-m", "planforge.cli.app", *command], input="y\n" * 20,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "never runs model code" in proc.stderr and "LlamaForCausalLM" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
