@@ -34,11 +34,30 @@ def _remove_stale_partials(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+MANIFEST_FILE = "planforge.json"  # the mark of a planforge output directory (constants.MANIFEST_FILE)
+
+
 def refuse_existing(out: Path, force: bool) -> None:
-    """Fails at once when ``out`` exists and may not be replaced, before a command does any work."""
+    """Fails at once when ``out`` exists and may not be replaced, before a command does any work.
+
+    ``--force`` replaces only what planforge wrote: a directory holding a planforge.json, or an empty
+    one; never a file, never the working directory or a directory above it.
+    """
     out = Path(out).absolute()
-    if out.exists() and not force:
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
         raise OutputExistsError(f"{out} already exists. Choose another -o, or pass --force to replace it.")
+    cwd = Path.cwd().resolve()
+    if out.resolve() == cwd or out.resolve() in cwd.parents:
+        raise OutputExistsError(f"-o {out} is the working directory or one above it; --force would delete it. "
+                                "Choose a new directory for the output.")
+    if not out.is_dir() or out.is_symlink():
+        raise OutputExistsError(f"{out} exists and is not a directory; --force replaces only planforge outputs. "
+                                "Choose another -o.")
+    if not (out / MANIFEST_FILE).is_file() and any(out.iterdir()):
+        raise OutputExistsError(f"{out} is not a planforge output (no {MANIFEST_FILE}); --force replaces only "
+                                "planforge outputs. Choose another -o, or empty it yourself.")
 
 
 @contextlib.contextmanager

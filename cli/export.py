@@ -29,7 +29,7 @@ def command(
     dtype: Annotated[DType, typer.Option(help="Weight and activation dtype of the graph. bf16 needs a GPU backend to run.")] = DType.fp32,
     max_seq_len: Annotated[Optional[int], typer.Option(help="Longest prompt plus generation the model will serve; sizes the rotary tables. Default: the model's max_position_embeddings.")] = None,
     adapter: Annotated[Optional[Path], typer.Option(help="PEFT LoRA adapter directory to merge into the weights before export.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (it is replaced only when the export succeeds).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (it is replaced only when the export succeeds). Only a planforge output (a directory with planforge.json) or an empty directory is replaced; never a file or the working directory.")] = False,
     external_data: Annotated[ExternalData, typer.Option(help="Store weights in model.onnx.data beside model.onnx: auto = above 1 GiB.")] = ExternalData.auto,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):

@@ -57,7 +57,7 @@ def command(
     window: Annotated[Optional[int], typer.Option(help="With --streaming: most recent tokens kept in the cache (>= 1). Default: max_seq_len - --sink-tokens, the largest the trained positions allow.")] = None,
     target: Annotated[Target, typer.Option(help="What model.onnx is written for. onnxruntime: the quantized linears and the token table lowered onto ONNX Runtime's own integer and 4-bit kernels (MatMulNBits, MatMulInteger, GatherBlockQuantized; the fast form on the embedded default). portable: standard ONNX ops and QDQ only, the semantic reference that TensorRT and the other backends read.")] = Target.onnxruntime,
     accuracy_level: Annotated[int, typer.Option(help="--target onnxruntime: how MatMulNBits computes with the 4-bit weights of weight-only linears and of a tied LM head. 4: int8 activations per weight block (fast; what ONNX Runtime GenAI ships); 1: float32 (the portable graph's numbers exactly, slower).")] = 4,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (only when the run succeeds).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (only when the run succeeds, and only a planforge output or an empty directory; never the working directory).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Apply graph passes to a compiled model: W4A4 (QUIK, with float outliers), W8A8 or W4A16 quantization of the linears and of the token-embedding table (--embedding); contextual sparsity (--sparsity-heads/--sparsity-mlp with --predictor); a streaming KV cache (--streaming)."""

@@ -68,8 +68,9 @@ def test_existing_output_is_refused_without_force(tiny_model, tmp_path):
     with pytest.raises(OutputExistsError, match="--force"):
         export(str(source), out)
     assert (out / "keep.txt").read_text() == "user data"
-    export(str(source), out, ExportOptions(force=True))
-    assert (out / "model.onnx").is_file() and not (out / "keep.txt").exists()
+    with pytest.raises(OutputExistsError, match="not a planforge output"):  # --force replaces only planforge's
+        export(str(source), out, ExportOptions(force=True))
+    assert (out / "keep.txt").read_text() == "user data"
 
 
 def test_failed_export_leaves_nothing(tiny_model, tmp_path, monkeypatch):
@@ -193,3 +194,26 @@ def test_model_code_never_runs(tiny_model, tmp_path):
         assert "never runs model code" in proc.stderr and "LlamaForCausalLM" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["not_ours", "cwd", "parent", "file"])
+def test_force_replaces_only_planforge_outputs(tiny_model, tmp_path, case):
+    """--force never deletes what planforge did not write, nor the working directory (or one above it)."""
+    work = tmp_path / "work"
+    (work / "inner").mkdir(parents=True)
+    (work / "inner" / "keep.txt").write_text("mine")
+    target, cwd = {"not_ours": ("inner", work), "cwd": (".", work / "inner"), "parent": ("..", work / "inner"),
+                   "file": ("inner/keep.txt", work)}[case]
+    proc = subprocess.run([sys.executable, "-m", "planforge.cli.app", "export", str(tiny_model("llama")[0]), "-o",
+                           target, "--force", "-q"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--force" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert (work / "inner" / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in work.iterdir()) == ["inner"]  # no partial output left either
+
+
+def test_force_replaces_a_planforge_output(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    export(str(tiny_model("llama")[0]), out, ExportOptions())
+    (out / "stale.txt").write_text("from an earlier run")
+    export(str(tiny_model("llama")[0]), out, ExportOptions(force=True))
+    assert (out / "planforge.json").is_file() and not (out / "stale.txt").exists()
