@@ -3,13 +3,16 @@
 Output is built in a hidden temporary sibling and renamed into place only on
 success, so an interrupted or failed run never leaves a partial OUT behind.
 SIGTERM is turned into an exception so the temporary directory is removed too;
-a SIGKILL can leave only the hidden ``.OUT.partial-*`` sibling, which the next
-run into the same OUT removes.
+a SIGKILL can leave only the hidden ``.OUT.partial-PID-*`` sibling, which the next
+run into the same OUT removes once process PID is gone (a live writer's is kept,
+so two runs into one OUT never delete each other's work; the last to finish wins).
+The output gets the permissions the umask allows, like any directory the user makes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import tempfile
@@ -29,9 +32,45 @@ def _raise_terminated(signum, frame):
     raise Terminated(f"terminated by signal {signum}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def _remove_stale_partials(out: Path) -> None:
+    """Removes the temporary siblings of writers that died; a live writer's stay."""
     for stale in out.parent.glob(f".{out.name}{PARTIAL_MARK}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        owner = stale.name[len(f".{out.name}{PARTIAL_MARK}"):].split("-", 1)[0]
+        if not owner.isdigit() or not _alive(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """tmp becomes out; an existing out goes aside first. Retries when another writer finishes meanwhile."""
+    for _ in range(3):
+        old = out.with_name(f".{out.name}{PARTIAL_MARK}{os.getpid()}-old")
+        try:
+            if out.exists():
+                out.rename(old)
+            tmp.rename(out)
+        except OSError:
+            continue  # another run put its out in place between our two renames: set it aside and retry
+        finally:
+            if old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+        return
+    raise OutputExistsError(f"{out} kept being replaced by another planforge run writing to it; run one at a time.")
 
 
 MANIFEST_FILE = "planforge.json"  # the mark of a planforge output directory (constants.MANIFEST_FILE)
@@ -67,17 +106,12 @@ def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
     refuse_existing(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}{os.getpid()}-", dir=out.parent))
+    tmp.chmod(_umask_mode())  # mkdtemp makes it 0700
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if _in_main_thread() else None
     try:
         yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}{PARTIAL_MARK}old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        _move_into_place(tmp, out)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -217,3 +217,31 @@ def test_force_replaces_a_planforge_output(tiny_model, tmp_path):
     (out / "stale.txt").write_text("from an earlier run")
     export(str(tiny_model("llama")[0]), out, ExportOptions(force=True))
     assert (out / "planforge.json").is_file() and not (out / "stale.txt").exists()
+
+
+def test_two_exports_into_one_output_both_finish(tiny_model, tmp_path):
+    """Concurrent runs into one OUT keep each other's temporary directories; the last to finish wins."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "planforge.cli.app", "export", str(tiny_model("llama")[0]), "-o", str(out),
+               "--force", "-q"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    assert all(rc == 0 for _, _, rc in results), results
+    assert (out / "planforge.json").is_file() and [p.name for p in tmp_path.iterdir()] == ["out"]
+    open_backend(out)  # a whole model, not a mix
+
+
+def test_outputs_follow_the_umask_and_stale_partials_of_live_writers_stay(tiny_model, tmp_path):
+    import os
+
+    live = tmp_path / f".out.partial-{os.getpid()}-live"  # this process is alive: its partial is in use
+    dead = tmp_path / ".out.partial-999999999-dead"  # no such process
+    live.mkdir()
+    dead.mkdir()
+    previous = os.umask(0o022)
+    try:
+        export(str(tiny_model("llama")[0]), tmp_path / "out", ExportOptions())
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert live.exists() and not dead.exists()
