@@ -61,6 +61,10 @@ class ComparisonError(PlanforgeError):
     """Two models cannot be compared (different vocabularies, no prompts, ...)."""
 
 
+class TextFileError(PlanforgeError):
+    """A text input (prompt file, perplexity text, calibration text) is missing or not UTF-8."""
+
+
 class InvalidPromptError(PlanforgeError):
     """A prompt is empty or holds token ids outside the vocabulary."""
 

@@ -15,10 +15,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from planforge.errors import TokenizerMissingError
+from planforge.errors import TextFileError, TokenizerMissingError
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+def read_text(path: str | Path, flag: str) -> str:
+    """The UTF-8 text of a file named by ``flag`` (``--ppl``, ``--calib``, ``--input``), or one clear error."""
+    path = Path(path)
+    if path.is_dir():
+        raise TextFileError(f"{flag} {path} is a directory; give a text file.")
+    if not path.is_file():
+        raise TextFileError(f"{flag} {path}: no such file.")
+    try:
+        return decode_utf8(path.read_bytes(), f"{flag} {path}")
+    except OSError as exc:
+        raise TextFileError(f"{flag} {path} cannot be read: {exc.strerror or exc}.") from None
+
+
+def decode_utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TextFileError(f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 "
+                            "(e.g. `iconv -t utf-8`).") from None
 
 
 class Tokenizer:

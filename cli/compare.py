@@ -24,7 +24,7 @@ def command(
     model_a: Annotated[Path, typer.Argument(help="A compiled model directory (run on --backend), or a Hugging Face model directory (run with transformers).")],
     model_b: Annotated[Path, typer.Argument(help="The model to compare against, of either kind.")],
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt to compare on; repeatable. Default: 4 built-in prompts.")] = None,
-    decode_steps: Annotated[int, typer.Option(help="Teacher-forced decode steps through the KV cache after the prefill.")] = 8,
+    decode_steps: Annotated[int, typer.Option(min=0, help="Teacher-forced decode steps through the KV cache after the prefill (>= 0).")] = 8,
     atol: Annotated[float, typer.Option(help="Absolute logit tolerance (Polygraphy CompareFunc.simple).")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative logit tolerance.")] = 0.0,
     check_error_stat: Annotated[ErrorStat, typer.Option(help="Which error statistic must be within tolerance.")] = ErrorStat.max,

@@ -53,7 +53,7 @@ def command(
     sparsity_mlp: Annotated[float, typer.Option(help="Contextual sparsity: fraction of MLP neurons skipped per token in every layer, in [0, 1) (needs --predictor).")] = 0.0,
     predictor: Annotated[Optional[Path], typer.Option(help="Sparsity predictor file (`planforge sparsity train-predictor`, single kind) that picks the heads and neurons per token.")] = None,
     streaming: Annotated[bool, typer.Option("--streaming", help="StreamingLLM: a fixed KV cache of --sink-tokens + --window positions per layer (the first tokens plus a rolling window), positions re-indexed inside the cache, so text of any length runs in constant memory. Rotary families only.")] = False,
-    sink_tokens: Annotated[int, typer.Option(help="With --streaming: initial tokens always kept in the cache (attention sinks); fewer than --window.")] = 4,
+    sink_tokens: Annotated[Optional[int], typer.Option(help="With --streaming: initial tokens always kept in the cache (attention sinks); fewer than --window. Default: 4.")] = None,
     window: Annotated[Optional[int], typer.Option(help="With --streaming: most recent tokens kept in the cache (>= 1). Default: max_seq_len - --sink-tokens, the largest the trained positions allow.")] = None,
     target: Annotated[Target, typer.Option(help="What model.onnx is written for. onnxruntime: the quantized linears and the token table lowered onto ONNX Runtime's own integer and 4-bit kernels (MatMulNBits, MatMulInteger, GatherBlockQuantized; the fast form on the embedded default). portable: standard ONNX ops and QDQ only, the semantic reference that TensorRT and the other backends read.")] = Target.onnxruntime,
     accuracy_level: Annotated[int, typer.Option(help="--target onnxruntime: how MatMulNBits computes with the 4-bit weights of weight-only linears and of a tied LM head. 4: int8 activations per weight block (fast; what ONNX Runtime GenAI ships); 1: float32 (the portable graph's numbers exactly, slower).")] = 4,
@@ -67,8 +67,9 @@ def command(
     from planforge.graph_passes.streaming_attention import StreamingConfigError, StreamingOptions
     from planforge.manifest import model_file_bytes
 
-    if window is not None and not streaming:
-        raise StreamingConfigError("--window (and --sink-tokens) configure --streaming; add --streaming.")
+    if (window is not None or sink_tokens is not None) and not streaming:
+        raise StreamingConfigError("--window and --sink-tokens configure --streaming; add --streaming.")
+    sink_tokens = 4 if sink_tokens is None else sink_tokens
     if quant is None:
         quant = Quant.none if streaming or predictor is not None or sparsity_heads or sparsity_mlp else Quant.w4a4
     roles = tuple(r.strip() for r in int8_layers.split(",") if r.strip() and r.strip() != "none")
@@ -79,8 +80,13 @@ def command(
     if streaming:
         from planforge.manifest import Manifest
 
-        default_window = Manifest.load(model).dims.max_seq_len - sink_tokens
-        streaming_options = StreamingOptions(sink_tokens, default_window if window is None else window)
+        max_seq_len = Manifest.load(model).dims.max_seq_len
+        if window is None and sink_tokens >= max_seq_len // 2:
+            raise StreamingConfigError(
+                f"--sink-tokens {sink_tokens} leaves no room for the default window: the cache holds at most "
+                f"max_seq_len = {max_seq_len} positions and the window must be larger than the sinks. Use fewer "
+                "sink tokens (StreamingLLM uses 4), or give --window.")
+        streaming_options = StreamingOptions(sink_tokens, max_seq_len - sink_tokens if window is None else window)
     sparsity = (SparsityOptions(heads=sparsity_heads, mlp=sparsity_mlp, predictor=predictor)
                 if predictor is not None or sparsity_heads or sparsity_mlp else None)
     options = OptimizeOptions(quant=quant_options, calib=calib, calib_samples=calib_samples, calib_seq_len=calib_seq_len,

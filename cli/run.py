@@ -82,11 +82,11 @@ def _prompts(prompt: Optional[list[str]], input_file: Optional[Path]) -> list[st
         raise InvalidPromptError("give the prompt with --prompt TEXT or --input FILE (one of them).")
     if input_file is None:
         return prompt
+    from planforge.tokenizer import decode_utf8, read_text
+
     if str(input_file) == "-":
-        return [sys.stdin.read()]
-    if not input_file.is_file():
-        raise InvalidPromptError(f"--input {input_file}: no such file.")
-    return [input_file.read_text()]
+        return [decode_utf8(sys.stdin.buffer.read(), "--input - (stdin)")]
+    return [read_text(input_file, "--input")]
 
 
 @contextmanager

@@ -26,14 +26,28 @@ class AccuracyResult:
 
 
 def load_items(path: Path) -> list[dict]:
+    """The set's items; a problem is reported with its line number in the file."""
     try:
-        items = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AccuracySetError(f"cannot read the accuracy set {path}: {exc}") from None
-    for n, item in enumerate(items):
-        if not (isinstance(item.get("choices"), list) and isinstance(item.get("label"), int)
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise AccuracySetError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
+    except OSError as exc:
+        raise AccuracySetError(f"cannot read the accuracy set {path}: {exc.strerror or exc}.") from None
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AccuracySetError(f"{path} line {number}: not JSON ({exc.msg} at column {exc.colno}).") from None
+        if not (isinstance(item, dict) and isinstance(item.get("choices"), list) and item["choices"]
+                and all(isinstance(c, str) and c for c in item["choices"])
+                and isinstance(item.get("label"), int) and not isinstance(item["label"], bool)
                 and 0 <= item["label"] < len(item["choices"]) and isinstance(item.get("context"), str)):
-            raise AccuracySetError(f"{path} line {n + 1}: need {{'context': str, 'choices': [str], 'label': int}}.")
+            raise AccuracySetError(f"{path} line {number}: need {{'context': str, 'choices': [non-empty str], "
+                                   "'label': index of the right choice}} (a boolean is not a label).")
+        items.append(item)
     if not items:
         raise AccuracySetError(f"{path} holds no items.")
     return items

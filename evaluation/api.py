@@ -8,12 +8,12 @@ from typing import Optional
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from planforge.errors import InvalidPromptError
+from planforge.errors import InvalidGenerationConfigError, InvalidPromptError
 from planforge.evaluation.accuracy import accuracy as multiple_choice_accuracy
 from planforge.evaluation.accuracy import load_items
 from planforge.evaluation.perplexity import perplexity, stream_perplexity
 from planforge.evaluation.scorers import scorer_for
-from planforge.tokenizer import Tokenizer
+from planforge.tokenizer import Tokenizer, read_text
 
 
 def evaluate(model: Path, ppl_text: Optional[Path], accuracy_set: Optional[Path], context: Optional[int] = None,
@@ -24,6 +24,11 @@ def evaluate(model: Path, ppl_text: Optional[Path], accuracy_set: Optional[Path]
         raise InvalidPromptError("--stream scores a compiled model's KV cache token by token; give a directory "
                                  "written by `planforge export` or `planforge optimize`.")
     tokenizer = Tokenizer(model)
+    if context is not None and context > scorer.context_length and not stream:
+        raise InvalidGenerationConfigError(
+            f"--context {context} is longer than the {scorer.context_length} positions {model} was trained or "
+            f"exported for; scores past them mean nothing. Use --context <= {scorer.context_length} (or --stream "
+            "with a model optimized with --streaming).")
     context = context or scorer.context_length
     result: dict = {"model": str(model), "scorer": scorer.name, "context": context}
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -31,9 +36,7 @@ def evaluate(model: Path, ppl_text: Optional[Path], accuracy_set: Optional[Path]
     with progress:
         if ppl_text is not None:
             path = Path(ppl_text)
-            if not path.is_file():
-                raise InvalidPromptError(f"--ppl {path}: no such file.")
-            ids = np.array(tokenizer.encode(path.read_text()), dtype=np.int64)[:max_tokens]
+            ids = np.array(tokenizer.encode(read_text(path, "--ppl")), dtype=np.int64)[:max_tokens]
             if len(ids) < 2:
                 raise InvalidPromptError(f"--ppl {path} has fewer than 2 tokens.")
             task = progress.add_task("perplexity", total=None)

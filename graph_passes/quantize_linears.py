@@ -217,10 +217,11 @@ class QuantizeLinearsPass(GraphPass):
             if options.calib is None:
                 raise CalibrationError(f"--quant {quant.scheme} with outliers or GPTQ needs calibration text: "
                                        "--calib FILE.")
-            if not Path(options.calib).is_file():
-                raise CalibrationError(f"--calib {options.calib}: no such file.")
+            from planforge.tokenizer import read_text
+
+            text = read_text(options.calib, "--calib")  # a missing or non-UTF-8 file fails before any work
             seq_len = options.calib_seq_len or min(256, context.manifest.dims.max_seq_len)
-            graph_pass.calibration_request = (Path(options.calib), options.calib_samples, seq_len)
+            graph_pass.calibration_request = (text, options.calib_samples, seq_len, str(options.calib))
         task = context.progress.add_task(f"quantize {quant.scheme} ({quant.weight_method})",
                                          total=len(context.manifest.linears))
         graph_pass.on_linear = lambda module: context.progress.advance(task)
@@ -232,13 +233,13 @@ class QuantizeLinearsPass(GraphPass):
             return
         from planforge.tokenizer import Tokenizer
 
-        text, count, seq_len = self.calibration_request
-        samples = calibration_samples(Tokenizer(context.model_dir).encode(text.read_text()), seq_len, count)
+        text, count, seq_len, source = self.calibration_request
+        samples = calibration_samples(Tokenizer(context.model_dir).encode(text), seq_len, count)
         task = context.progress.add_task("calibration", total=len(samples))
         self.stats = calibrate(context.model_dir, context.manifest, samples,
                                hessians=self.options.weight_method == "gptq",
                                on_sample=lambda i: context.progress.update(task, completed=i))
-        self.calibration = {"text": str(text), "samples": len(samples), "seq_len": seq_len}
+        self.calibration = {"text": source, "samples": len(samples), "seq_len": seq_len}
 
     def settings(self) -> dict:
         return {**self.options.settings(), "calibration": self.calibration}
