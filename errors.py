@@ -57,6 +57,18 @@ class ContribOpUnavailableError(BackendUnavailableError):
     """The installed ONNX Runtime lacks a contrib op the lowered model uses."""
 
 
+class PluginVersionError(CompiledModelError):
+    """A lowered graph uses a plugin op, or an op version, this planforge does not have."""
+
+
+class UnsupportedOpError(CompiledModelError):
+    """A graph node that the backend running it has no implementation for."""
+
+
+class LoweringError(PlanforgeError):
+    """A graph a lowering rule cannot lower (unknown structure or dtype), without --allow-partial."""
+
+
 class ComparisonError(PlanforgeError):
     """Two models cannot be compared (different vocabularies, no prompts, ...)."""
 

@@ -1,13 +1,23 @@
 """A small, declarative description of a plugin op's ONNX contract.
 
-Graph lowering (a later issue) turns each :class:`OpSchema` into an ONNX node in
-domain ``planforge`` and a TensorRT plugin of the same name; the reference
-implementation in ``reference.py`` defines the numbers.
+Graph lowering turns an :class:`OpSchema` into an ONNX node in domain
+``planforge`` (registered with ONNX by ``plugins/registry.py``, with shape
+inference from the symbolic shapes below), the torch backend runs it through
+``torch.ops.planforge.<torch_op>``, and TensorRT through a plugin of the same
+name; the reference implementation in ``reference.py`` defines the numbers.
+
+``signature()`` is what a graph depends on: names, dtypes, shapes, attributes,
+aliasing. Changing it means bumping ``version`` (``tests/plugins/test_registry.py``
+keeps a hash of each signature).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+# Activation/weight dtypes of every op. float32 runs the torch reference on any device (the CPU
+# oracle for fp32 exports); the Triton kernels and TensorRT plugins take float16 and bfloat16.
+FLOAT = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,10 @@ class OpSchema:
     doc: str = ""
     domain: str = "planforge"
     mutates: tuple[str, ...] = field(default_factory=tuple)  # inputs updated in place
+    # Outputs that are the named input, updated in place (same buffer): {"k_cache_out": "k_cache"}.
+    aliases: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    torch_op: str = ""  # the torch.ops.planforge.* name that implements it
+
 
     @property
     def qualified_name(self) -> str:
@@ -44,3 +58,9 @@ class OpSchema:
 
     def attribute_defaults(self) -> dict[str, object]:
         return {a.name: a.default for a in self.attributes}
+
+    def signature(self) -> str:
+        """Everything a lowered graph relies on, as one canonical string (docs excluded)."""
+        tensors = lambda specs: [(t.name, t.dtypes, t.shape, t.optional) for t in specs]  # noqa: E731
+        return repr((self.qualified_name, self.version, tensors(self.inputs), tensors(self.outputs),
+                     [(a.name, a.type, a.default) for a in self.attributes], self.mutates, self.aliases))

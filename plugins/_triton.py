@@ -39,8 +39,12 @@ def interpreting() -> bool:
 
 
 def use_kernel(t) -> bool:
-    """Whether a tensor should go to the Triton kernel rather than the torch reference."""
-    return t.is_cuda or (interpreting() and triton_available())
+    """Whether a tensor should go to the Triton kernel rather than the torch reference.
+
+    The kernels take float16 and bfloat16; float32 (the exactness oracle) runs the reference anywhere."""
+    import torch  # noqa: PLC0415 (plugins import torch only where a tensor already exists)
+
+    return t.dtype in (torch.float16, torch.bfloat16) and (t.is_cuda or (interpreting() and triton_available()))
 
 
 def next_pow2(n: int) -> int:

@@ -1,8 +1,8 @@
-"""Fused attention with KV cache (``planforge::FusedAttentionPrefill`` / ``FusedAttentionDecode``, v1).
+"""Fused attention with KV cache (``planforge::FusedAttentionPrefill`` / ``FusedAttentionDecode``, v2).
 
 Prefill
     ``out = FusedAttentionPrefill(q, k, v; scale, window, sinks)``, q ``[B, Hq, Sq, D]``,
-    k/v ``[B, Hkv, Skv, D]`` (fp16 or bf16, Hq % Hkv == 0 so GQA and MQA are native,
+    k/v ``[B, Hkv, Skv, D]`` (fp32, fp16 or bf16, Hq % Hkv == 0 so GQA and MQA are native,
     Skv >= Sq with the queries at the last Sq positions), out ``[B, Hq, Sq, D]`` in q's
     dtype. Query i (absolute position ``p = i + Skv - Sq``) sees key j iff ``j <= p`` and,
     when ``window > 0``, ``p - j < window or j < sinks`` (StreamingLLM window plus sinks).

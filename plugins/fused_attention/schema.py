@@ -1,13 +1,13 @@
-"""ONNX contract of the fused attention ops (domain ``planforge``, version 1)."""
+"""ONNX contract of the fused attention ops (domain ``planforge``, version 2)."""
 
-from .._schema import AttrSpec, OpSchema, TensorSpec
+from .._schema import AttrSpec, FLOAT, OpSchema, TensorSpec
 
-FLOAT = ("float16", "bfloat16")
 _SCALE = AttrSpec("scale", "float", 0.0, "softmax scale; 0 means 1/sqrt(D)")
 
 PREFILL = OpSchema(
     name="FusedAttentionPrefill",
-    version=1,
+    version=2,
+    torch_op="fused_attention_prefill",
     inputs=(
         TensorSpec("q", FLOAT, "[B, Hq, Sq, D]"),
         TensorSpec("k", FLOAT, "[B, Hkv, Skv, D]", doc="Skv >= Sq; the queries are the last Sq positions"),
@@ -24,7 +24,8 @@ PREFILL = OpSchema(
 
 DECODE = OpSchema(
     name="FusedAttentionDecode",
-    version=1,
+    version=2,
+    torch_op="fused_attention_decode",
     inputs=(
         TensorSpec("q", FLOAT, "[B, Hq, D]", doc="one new query token per sequence"),
         TensorSpec("k_cache", FLOAT, "[B, Hkv, Smax, D]"),

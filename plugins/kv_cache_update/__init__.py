@@ -1,7 +1,7 @@
-"""KV-cache update (``planforge::KVCacheUpdate``, v1), linear or StreamingLLM rolling-with-sinks.
+"""KV-cache update (``planforge::KVCacheUpdate``, v2), linear or StreamingLLM rolling-with-sinks.
 
 ``KVCacheUpdate(k_cache, v_cache, k_new, v_new, positions[, cos, sin]; rolling, sinks)``:
-caches ``[B, Hkv, C, D]`` (fp16/bf16, updated in place), new rows ``[B, Hkv, S, D]``,
+caches ``[B, Hkv, C, D]`` (fp32/fp16/bf16, updated in place and returned as the aliased outputs ``k_cache_out``, ``v_cache_out``), new rows ``[B, Hkv, S, D]``,
 ``positions [B] int32`` (absolute position of each sequence's first new token), optional
 rotary tables ``cos/sin [B, S, D/2] float32`` applied to K (rotate-half) before writing.
 

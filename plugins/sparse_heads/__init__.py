@@ -1,4 +1,4 @@
-"""Decode attention on predictor-selected heads (``planforge::SparseHeadsAttention``, v1).
+"""Decode attention on predictor-selected heads (``planforge::SparseHeadsAttention``, v2).
 
 ``SparseHeadsAttention(x, w_q, w_k, w_v, w_o, cos, sin, k_cache, v_cache, positions, groups)``:
 for each sequence b and each selected KV group g in ``groups[b]`` (a group is the Hq/Hkv

@@ -1,12 +1,12 @@
-"""ONNX contract of the sparse-heads decode attention op (domain ``planforge``, version 1)."""
+"""ONNX contract of the sparse-heads decode attention op (domain ``planforge``, version 2)."""
 
-from .._schema import OpSchema, TensorSpec
+from .._schema import FLOAT, OpSchema, TensorSpec
 
-FLOAT = ("float16", "bfloat16")
 
 SPARSE_HEADS = OpSchema(
     name="SparseHeadsAttention",
-    version=1,
+    version=2,
+    torch_op="sparse_heads_decode",
     inputs=(
         TensorSpec("x", FLOAT, "[B, d]", doc="normed hidden state of the new token"),
         TensorSpec("w_q", FLOAT, "[Hq*D, d]"),
@@ -20,8 +20,13 @@ SPARSE_HEADS = OpSchema(
         TensorSpec("positions", ("int32",), "[B]", doc="cache slot of the new token = entries before it"),
         TensorSpec("groups", ("int32",), "[B, h]", doc="selected KV-head groups per sequence, distinct"),
     ),
-    outputs=(TensorSpec("y", FLOAT, "[B, d]", doc="o_proj output restricted to the selected heads"),),
+    outputs=(
+        TensorSpec("y", FLOAT, "[B, d]", doc="o_proj output restricted to the selected heads"),
+        TensorSpec("k_cache_out", FLOAT, "[B, Hkv, C, D]", doc="k_cache itself, after the write (aliased)"),
+        TensorSpec("v_cache_out", FLOAT, "[B, Hkv, C, D]", doc="v_cache itself, after the write (aliased)"),
+    ),
     mutates=("k_cache", "v_cache"),
+    aliases=(("k_cache_out", "k_cache"), ("v_cache_out", "v_cache")),
     doc="Decode attention computed only for the query heads of the selected KV groups (a group is the "
     "Hq/Hkv query heads sharing one KV head; one head under MHA). The selection is per sequence and "
     "fixed for its generation (ShadowLLM predicts it once from the prompt), so caches of unselected "

@@ -1,4 +1,4 @@
-"""Sparse gated MLP on predictor-selected neurons, for decode (``planforge::SparseMLP``, v1).
+"""Sparse gated MLP on predictor-selected neurons, for decode (``planforge::SparseMLP``, v2).
 
 ``SparseMLP(x, w_gate, w_up, w_down_t, neurons)``: ``x [B, d]`` (fp16/bf16), ``w_gate``,
 ``w_up`` ``[F, d]`` as in Hugging Face, ``w_down_t [F, d]`` = down_proj.weight transposed

@@ -1,12 +1,12 @@
-"""ONNX contract of the sparse MLP op (domain ``planforge``, version 1)."""
+"""ONNX contract of the sparse MLP op (domain ``planforge``, version 2)."""
 
-from .._schema import OpSchema, TensorSpec
+from .._schema import FLOAT, OpSchema, TensorSpec
 
-FLOAT = ("float16", "bfloat16")
 
 SPARSE_MLP = OpSchema(
     name="SparseMLP",
-    version=1,
+    version=2,
+    torch_op="sparse_mlp",
     inputs=(
         TensorSpec("x", FLOAT, "[B, d]", doc="decode hidden states, one token per sequence"),
         TensorSpec("w_gate", FLOAT, "[F, d]"),

@@ -1,5 +1,5 @@
 """W4A4 / W8A8 GEMM with fp16 outlier columns, the QUIK scheme (``planforge::QuikQuantize`` and
-``planforge::QuikMatMul``, v1).
+``planforge::QuikMatMul``, v2).
 
 ``QuikQuantize(x, perm; n_outliers, bits)`` splits the outlier columns ``perm[K-Ko:]`` off
 ``x [M, K]`` and quantizes the rest per token, asymmetric, to ``bits`` (4: packed two per

@@ -30,7 +30,7 @@ def _(x, perm, n_outliers, bits=4):
 def quik_matmul(x_q: torch.Tensor, x_scale: torch.Tensor, x_zero: torch.Tensor, x_out: torch.Tensor,
                 w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor, w_out: torch.Tensor,
                 bits: int = 4) -> torch.Tensor:
-    if use_kernel(x_q):
+    if use_kernel(x_out):  # x_out carries the float dtype, also with no outlier columns
         from . import kernel  # noqa: PLC0415
 
         return kernel.matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits)

@@ -1,13 +1,13 @@
-"""ONNX contract of the QUIK ops (domain ``planforge``, version 1). See reference.py for the math."""
+"""ONNX contract of the QUIK ops (domain ``planforge``, version 2). See reference.py for the math."""
 
-from .._schema import AttrSpec, OpSchema, TensorSpec
+from .._schema import AttrSpec, FLOAT, OpSchema, TensorSpec
 
-FLOAT = ("float16", "bfloat16")
 _BITS = AttrSpec("bits", "int", 4, "4 (W4A4, two codes per byte) or 8 (W8A8, e.g. LLaMA down_proj)")
 
 QUANTIZE = OpSchema(
     name="QuikQuantize",
-    version=1,
+    version=2,
+    torch_op="quik_quantize",
     inputs=(
         TensorSpec("x", FLOAT, "[M, K]"),
         TensorSpec("perm", ("int32",), "[K]", doc="quantized columns first, outlier columns last"),
@@ -24,7 +24,8 @@ QUANTIZE = OpSchema(
 
 MATMUL = OpSchema(
     name="QuikMatMul",
-    version=1,
+    version=2,
+    torch_op="quik_matmul",
     inputs=(
         TensorSpec("x_q", ("int8",), "[M, Kq * bits / 8]"),
         TensorSpec("x_scale", ("float32",), "[M]"),

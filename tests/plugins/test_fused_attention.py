@@ -74,7 +74,7 @@ def test_cpu_custom_ops_run_the_reference_and_have_fake_shapes():
     with torch._subclasses.fake_tensor.FakeTensorMode():
         fq, fk = torch.empty(2, 8, 33, 64), torch.empty(2, 2, 33, 64)
         assert fused_attention_prefill(fq, fk, fk).shape == (2, 8, 33, 64)
-    assert PREFILL.qualified_name == "planforge::FusedAttentionPrefill" and DECODE.version == 1
+    assert PREFILL.qualified_name == "planforge::FusedAttentionPrefill" and DECODE.version == 2
 
 
 # ---------------------------------------------------------------- GPU: kernel vs reference
