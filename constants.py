@@ -41,3 +41,25 @@ def linear_weight(module: str) -> str:
 
 def linear_bias(module: str) -> str:
     return f"{module}.bias"
+
+
+# The lowered graph's cache contract (``build --target torch``, docs/onnx_contract.md): preallocated
+# buffers updated in place, and the number of valid entries of each sequence before the step.
+LOWERED_IO_VERSION = 1
+PAST_LENGTHS = "past_lengths"
+
+
+def cache_key(layer: int) -> str:
+    return f"kv_cache.{layer}.key"
+
+
+def cache_value(layer: int) -> str:
+    return f"kv_cache.{layer}.value"
+
+
+def cache_key_out(layer: int) -> str:
+    return f"kv_cache_out.{layer}.key"
+
+
+def cache_value_out(layer: int) -> str:
+    return f"kv_cache_out.{layer}.value"

@@ -84,4 +84,6 @@ def genai_config(manifest: Manifest) -> dict:
 
 
 def write_genai_config(directory: Path, manifest: Manifest) -> None:
-    (Path(directory) / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(manifest), indent=2) + "\n")
+    """ORT-GenAI's config, for the graphs ONNX Runtime runs (a plugin-lowered graph has another I/O contract)."""
+    if manifest.target in ("portable", "onnxruntime"):
+        (Path(directory) / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(manifest), indent=2) + "\n")

@@ -19,9 +19,10 @@ from planforge.errors import CompiledModelError
 # numpy dtype name of each exported dtype, for the KV cache the runtime allocates.
 KV_NUMPY_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # What model.onnx is written for: the portable standard-op graph (export, optimize --target portable),
-# or a lowering of it onto one backend's own kernels (optimize --target onnxruntime).
+# or a lowering of it onto one backend's own kernels (optimize --target onnxruntime), or onto planforge's
+# plugin ops (build --target torch; TensorRT parses the same graph).
 PORTABLE = "portable"
-TARGETS = (PORTABLE, "onnxruntime")
+TARGETS = (PORTABLE, "onnxruntime", "torch")
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Manifest:
     streaming: Optional[dict] = None
     # Set by a lowering pass: the backend model.onnx is lowered for (PORTABLE: standard ops only).
     target: str = PORTABLE
+    # Set by the plugin lowering: {"planforge::Name": version} of every plugin op model.onnx uses.
+    plugin_ops: dict = field(default_factory=dict)
     format_version: int = constants.FORMAT_VERSION
 
     def save(self, directory: Path) -> None:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from planforge import __version__
-from planforge.cli import compare, demo, evaluate, export, optimize, plugins, run, sparsity
+from planforge.cli import build, compare, demo, evaluate, export, optimize, plugins, run, sparsity
 from planforge.errors import PlanforgeError
 
 app = typer.Typer(
@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (demo, export, optimize, run, compare, evaluate, plugins):
+for module in (demo, export, optimize, build, run, compare, evaluate, plugins):
     app.command(name=module.NAME, help=module.command.__doc__)(module.command)
 app.add_typer(sparsity.app, name=sparsity.NAME)
 

@@ -28,7 +28,7 @@ def command(
     stop_token_id: Annotated[Optional[list[int]], typer.Option(help="Extra token id that ends generation; repeatable. The model's EOS ids always stop it.")] = None,
     backend: BackendOption = None,
     device: DeviceOption = Device.cpu,
-    threads: Annotated[Optional[int], typer.Option(help="onnxruntime backend: intra-op threads (default: one per physical core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads: onnxruntime's per model; torch's process-wide (torch.set_num_threads). Default: one per physical core.")] = None,
     stream_text: Annotated[bool, typer.Option("--stream-text/--no-stream-text", help="Print text as it is generated (single prompt only).")] = True,
 ):
     """Generate text from a compiled model (on ONNX Runtime by default) and report tokens/s."""

@@ -7,7 +7,8 @@ Order matters and is fixed here:
 3. embedding quantization: the token table and a tied LM head;
 4. streaming attention: the sink + rolling-window KV cache;
 5. the backend lowerings, last: they map the portable result onto one backend's kernels
-   (``lower_onnxruntime`` for ``--target onnxruntime``; ``--target portable`` skips them).
+   (``lower_onnxruntime`` for ``--target onnxruntime``, ``lower_plugins`` onto planforge's plugin
+   ops for ``build --target torch``; ``--target portable`` skips them).
 
 Each pass builds itself from the options (``from_options``, which checks its own
 preconditions), so the pipeline only walks this list.
@@ -22,6 +23,7 @@ import onnx_ir as ir
 from planforge.graph_passes.base import GraphPass, PassContext, PassReport
 from planforge.graph_passes.contextual_sparsity import ContextualSparsityPass
 from planforge.graph_passes.lower_onnxruntime import LowerOnnxRuntimePass
+from planforge.graph_passes.lower_plugins import LowerPluginsPass
 from planforge.graph_passes.quantize_embedding import QuantizeEmbeddingPass
 from planforge.graph_passes.quantize_linears import QuantizeLinearsPass
 from planforge.graph_passes.streaming_attention import StreamingAttentionPass
@@ -34,6 +36,7 @@ PASSES: list[type[GraphPass]] = [
     QuantizeEmbeddingPass,
     StreamingAttentionPass,
     LowerOnnxRuntimePass,
+    LowerPluginsPass,
 ]
 
 

@@ -3,10 +3,18 @@
 It runs the same file ONNX Runtime (portable) or TensorRT (lowered) would take,
 through ``runtime/torch_graph``: standard ops as their torch equivalents, and
 ``planforge`` plugin ops through ``torch.ops.planforge.*`` (the reference on the
-CPU, the Triton kernel on CUDA). On the portable graph the cache contract is the
-ONNX one (``present = concat(past, new)``), held as torch tensors on the device
-between steps. It is the CPU oracle for the lowered graphs, and runs bf16
-exports, which ONNX Runtime's Python API cannot feed.
+CPU, the Triton kernel on CUDA). It also runs bf16 exports, which ONNX Runtime's
+Python API cannot feed.
+
+Two cache contracts, from the manifest:
+
+- portable graphs: ``present = concat(past, new)``, the presents kept as torch
+  tensors on the device between steps;
+- lowered graphs (``build --target torch``): one preallocated buffer per layer
+  that ``KVCacheUpdate`` writes in place, plus the valid length of each sequence.
+  The fused ops take no padding mask, so a left-padded prefill runs row by row
+  on views of the rows' buffers, and several new tokens over a filled cache run
+  one decode step each (exact; the multiple-choice path).
 
 torch is imported when a model is opened, so ``planforge.runtime`` still imports
 without it.
@@ -35,6 +43,15 @@ class TorchKVCache:
     length: int
 
 
+@dataclass
+class InPlaceKVCache:
+    """The lowered contract's cache: ``buffers`` (B, Hkv, C_i, D) per layer, written in place."""
+
+    buffers: list  # [key_0, value_0, ...]
+    lengths: np.ndarray  # (B,) tokens each sequence has written: the absolute slot of its next one
+    length: int  # attention-mask columns seen so far (the caller's P), padding included
+
+
 def _check_device(device: str) -> None:
     import torch
 
@@ -45,7 +62,7 @@ def _check_device(device: str) -> None:
             "also need `pip install triton`.")
 
 
-@register_backend("torch", targets=("portable",), devices=("cpu", "cuda"), requires=("torch",),
+@register_backend("torch", targets=("portable", "torch"), default_for=("torch",), devices=("cpu", "cuda"), requires=("torch",),
                   install="`pip install torch==2.13.0` (CPU), or a CUDA build of torch with triton for --device cuda.")
 class TorchBackend(Backend):
     """A compiled model directory executed by torch on ``device``."""
@@ -62,29 +79,81 @@ class TorchBackend(Backend):
         model_path = self.model_dir / constants.MODEL_FILE
         if not model_path.is_file():
             raise CompiledModelError(f"{self.model_dir} has no {constants.MODEL_FILE}. Re-export the model.")
+        if manifest.plugin_ops:
+            from planforge.plugins.registry import check_op_versions
+
+            check_op_versions(manifest.plugin_ops)
         self._graph = TorchGraph(model_path, device)
         self._kv_dtype = getattr(torch, _TORCH_KV_DTYPES[manifest.dtype])
-        self._past_names = [name for i in range(manifest.dims.num_layers)
-                            for name in (constants.past_key(i), constants.past_value(i))]
+        self._in_place = "kv_cache" in manifest.io
+        n = manifest.dims.num_layers
+        self._cache_names = [name for i in range(n) for name in (
+            (constants.cache_key(i), constants.cache_value(i)) if self._in_place
+            else (constants.past_key(i), constants.past_value(i)))]
 
-    def empty_cache(self, batch_size: int) -> TorchKVCache:
+    def _tensor(self, array, dtype=np.int64):
+        import torch
+
+        return torch.as_tensor(np.ascontiguousarray(array, dtype=dtype), device=self.device)
+
+    def empty_cache(self, batch_size: int):
         import torch
 
         d = self.manifest.dims
+        if self._in_place:
+            buffers = [torch.zeros(batch_size, d.num_kv_heads, layer["capacity"], d.head_dim, dtype=self._kv_dtype,
+                                   device=self.device) for layer in self.manifest.io["kv_cache"] for _ in (0, 1)]
+            return InPlaceKVCache(buffers, np.zeros(batch_size, np.int64), 0)
         empty = torch.zeros(batch_size, d.num_kv_heads, 0, d.head_dim, dtype=self._kv_dtype, device=self.device)
-        return TorchKVCache(values=[empty] * len(self._past_names), length=0)
+        return TorchKVCache(values=[empty] * len(self._cache_names), length=0)
 
-    def repeat_cache(self, cache: TorchKVCache, times: int) -> TorchKVCache:
+    def repeat_cache(self, cache, times: int):
+        if isinstance(cache, InPlaceKVCache):
+            return InPlaceKVCache([b.repeat_interleave(times, dim=0) for b in cache.buffers],
+                                  np.repeat(cache.lengths, times), cache.length)
         return TorchKVCache([v.repeat_interleave(times, dim=0) for v in cache.values], cache.length)
 
-    def forward(self, input_ids, attention_mask, position_ids, cache: TorchKVCache):
-        import torch
-
+    def forward(self, input_ids, attention_mask, position_ids, cache):
         assert input_ids.shape == position_ids.shape, (input_ids.shape, position_ids.shape)
         assert attention_mask.shape[1] == cache.length + input_ids.shape[1], "mask must cover past + new tokens"
-        as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)  # noqa: E731
-        feeds = {constants.INPUT_IDS: as_tensor(input_ids), constants.ATTENTION_MASK: as_tensor(attention_mask),
-                 constants.POSITION_IDS: as_tensor(position_ids), **dict(zip(self._past_names, cache.values))}
+        if self._in_place:
+            return self._forward_in_place(np.asarray(input_ids), np.asarray(attention_mask),
+                                          np.asarray(position_ids), cache)
+        feeds = {constants.INPUT_IDS: self._tensor(input_ids), constants.ATTENTION_MASK: self._tensor(attention_mask),
+                 constants.POSITION_IDS: self._tensor(position_ids), **dict(zip(self._cache_names, cache.values))}
         logits, *presents = self._graph.run(feeds)
         # P + S positions, or at most S + W for a streaming model (sinks + rolling window).
         return logits.float().cpu().numpy(), TorchKVCache(presents, presents[0].shape[2])
+
+    # ---- the lowered contract ------------------------------------------------------------------
+    def _step(self, ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray, buffers: list) -> np.ndarray:
+        """One graph run: writes the new tokens at slots ``lengths`` (+ s) of ``buffers``; logits (B, S, V)."""
+        capacity = self.manifest.dims.max_seq_len
+        if int(lengths.max()) + ids.shape[1] > capacity:
+            from planforge.errors import PromptTooLongError
+
+            raise PromptTooLongError(f"the KV cache holds {capacity} positions (max_seq_len); this step needs "
+                                     f"{int(lengths.max()) + ids.shape[1]}. Use a shorter prompt or fewer new tokens.")
+        feeds = {constants.INPUT_IDS: self._tensor(ids), constants.POSITION_IDS: self._tensor(positions),
+                 constants.PAST_LENGTHS: self._tensor(lengths, np.int32), **dict(zip(self._cache_names, buffers))}
+        return self._graph.run(feeds)[0].float().cpu().numpy()
+
+    def _forward_in_place(self, ids, mask, positions, cache: InPlaceKVCache):
+        B, S = ids.shape
+        new = mask[:, cache.length:]  # (B, S): 1 for a real new token
+        if S == 1 or (cache.length == 0 and new.all()):  # one batched run: decode, or an unpadded prefill
+            logits = self._step(ids, positions, cache.lengths, cache.buffers)
+        elif cache.length == 0:  # left-padded prefill: each row alone, on views of its buffers
+            logits = np.zeros((B, S, self.manifest.dims.vocab_size), np.float32)
+            for b in range(B):
+                real = new[b].astype(bool)
+                rows = [buffer[b:b + 1] for buffer in cache.buffers]
+                logits[b, real] = self._step(ids[b:b + 1, real], positions[b:b + 1, real], cache.lengths[b:b + 1],
+                                             rows)[0]
+        else:  # new tokens over a filled cache: one decode step each
+            steps = [self._step(ids[:, t:t + 1], positions[:, t:t + 1], cache.lengths + t, cache.buffers)
+                     for t in range(S)]
+            # every token is written (a right-padded continuation's padding comes after its real tokens)
+            return np.concatenate(steps, axis=1), InPlaceKVCache(cache.buffers, cache.lengths + S, cache.length + S)
+        lengths = cache.lengths + new.sum(axis=1)
+        return logits, InPlaceKVCache(cache.buffers, lengths, cache.length + S)

@@ -1,0 +1,277 @@
+"""Portable graph -> planforge plugin ops (``build --target torch``; TensorRT parses the same file).
+
+The rule, per decoder layer (``pattern`` / ``check`` with a reason / ``rewrite``)::
+
+    Attention(q, k, v, mask, past_k, past_v) ─► y, present_k, present_v        (concat cache)
+ => k_cache', v_cache' = KVCacheUpdate(k_cache, v_cache, K(k), K(v), past_lengths)  (in place, aliased)
+    y = If(S == 1,
+           then: FusedAttentionDecode(q, k_cache', v_cache', min(past_lengths + 1, C)),
+           else: FusedAttentionPrefill(q, K(k), K(v); window))
+
+with ``K`` the (B, S, H·D) -> (B, H, S, D) view. The cache becomes a preallocated
+buffer of C slots per layer: C = max_seq_len with ``slot = position`` (linear), or
+C = the layer's sliding window with ``slot = position mod C`` (rolling, sinks 0), so
+the decode op's "every valid entry" is the window. Prefill reads only the new
+tokens, so it runs from an empty cache; the backend steps a continuation over a
+filled cache token by token, and a left-padded prefill row by row (the fused ops
+take no padding mask). ``mask`` and the ``past/present`` I/O go away; the new I/O
+contract (``planforge.json`` ``io``, docs/onnx_contract.md) is versioned.
+
+Every node this rule creates in domain ``planforge`` carries ``plugin_namespace``
+and ``plugin_version`` for TensorRT's plugin lookup, and the model imports the
+versioned ``planforge`` opset. onnxscript's rewriter matches and replaces node
+patterns but cannot change a graph's inputs and outputs, which this rule must;
+it keeps that rewriter's pattern / check / rewrite split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
+
+from planforge import constants
+from planforge.errors import LoweringError
+from planforge.graph_passes.base import GraphPass, PassContext
+from planforge.graph_passes.node_builder import NodeBuilder
+from planforge.manifest import Manifest
+from planforge.plugins import DOMAIN
+from planforge.plugins.registry import NODE_ATTRIBUTES, opset_version, plugin_op
+
+FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+@dataclass
+class AttentionSite:
+    node: ir.Node
+    layer: int
+    num_heads: int
+    kv_heads: int
+    head_dim: int
+    scale: float
+    window: Optional[int]
+    past: tuple[ir.Value, ir.Value]
+    presents: list[ir.Node]  # the Identity nodes that make present_k/v graph outputs
+
+    @property
+    def capacity_rolling(self) -> bool:
+        return self.window is not None
+
+
+def plugin(b: NodeBuilder, op_type: str, inputs: list, name: str, **attributes):
+    """A ``planforge`` node with the TensorRT lookup attributes; one value, or a list for several outputs."""
+    schema = plugin_op(op_type).schema
+    lookup = dict(zip(NODE_ATTRIBUTES, (DOMAIN, str(schema.version))))
+    return b.op(op_type, inputs, name, num_outputs=len(schema.outputs), _domain=DOMAIN, **attributes, **lookup)
+
+
+class AttentionKVCacheRule:
+    """Opset-23 ``Attention`` with a past/present cache -> ``KVCacheUpdate`` + fused prefill/decode."""
+
+    def check(self, node: ir.Node, layer: int, manifest: Manifest, graph: ir.Graph) -> Union[AttentionSite, str]:
+        where = f"{node.name} ({node.op_type})"
+        inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+        q, k, v, mask, past_k, past_v = inputs[:6]
+        if past_k is None or past_v is None or past_k not in graph.inputs or past_v not in graph.inputs:
+            return f"{where}: no past key/value graph inputs (a streaming or sparse graph); not lowered yet"
+        attrs = {name: attr.value for name, attr in node.attributes.items()}
+        if attrs.get("is_causal", 0) or attrs.get("softcap", 0.0) or attrs.get("qk_matmul_output_mode", 0):
+            return f"{where}: is_causal, softcap or qk_matmul_output_mode is set; the fused ops have none"
+        if past_k.dtype not in FLOATS:  # the cache input is typed; intermediates need not be
+            return f"{where}: dtype {past_k.dtype} (the fused ops take float32, float16, bfloat16)"
+        if "q_num_heads" not in attrs or (q.shape is not None and len(q.shape) != 3):
+            return f"{where}: q is not (B, S, H*D) with q_num_heads; only the exporter's 3-D form is lowered"
+        presents = [use.node for out in node.outputs[1:3] for use in out.uses()]
+        if len(presents) != 2 or any(n.op_type != "Identity" or n.outputs[0] not in graph.outputs for n in presents):
+            return f"{where}: present key/value are read inside the graph; only graph outputs are expected"
+        d = manifest.dims
+        return AttentionSite(node, layer, attrs["q_num_heads"], attrs["kv_num_heads"], d.head_dim,
+                             float(attrs.get("scale") or 0.0), manifest.sliding_windows[layer], (past_k, past_v),
+                             presents)
+
+    def rewrite(self, graph: ir.Graph, site: AttentionSite, shared: "SharedValues") -> tuple[ir.Value, ir.Value]:
+        """Rewrites one layer; returns its new cache inputs (the in-place buffers)."""
+        node, i = site.node, site.layer
+        b = NodeBuilder(graph, f"{node.name}/planforge")
+        q, k, v = node.inputs[:3]
+        heads = lambda x, h, tag: b.op("Transpose", [b.op("Reshape", [x, b.const(f"{tag}.heads", np.array(  # noqa: E731
+            [0, 0, h, site.head_dim], np.int64))], f"{tag}/Reshape")], f"{tag}/Transpose", perm=[0, 2, 1, 3])
+        qh, kh, vh = heads(q, site.num_heads, "q"), heads(k, site.kv_heads, "k"), heads(v, site.kv_heads, "v")
+        capacity = site.window or shared.manifest.dims.max_seq_len
+        elem = site.past[0].dtype
+        cache_in = [ir.Value(name=name(i), type=ir.TensorType(elem),
+                             shape=ir.Shape(["batch", site.kv_heads, capacity, site.head_dim]))
+                    for name in (constants.cache_key, constants.cache_value)]
+        k_cache, v_cache = plugin(b, "KVCacheUpdate", [*cache_in, kh, vh, shared.past_lengths], "KVCacheUpdate",
+                                  rolling=int(site.capacity_rolling), sinks=0)
+        k_cache.name, v_cache.name = constants.cache_key_out(i), constants.cache_value_out(i)
+        for out in (k_cache, v_cache):
+            out.type, out.shape = ir.TensorType(elem), ir.Shape(["batch", site.kv_heads, capacity, site.head_dim])
+
+        decode = NodeBuilder(graph, f"{node.name}/planforge/decode")
+        q1 = decode.op("Squeeze", [qh, decode.const("seq_axis", np.array([2], np.int64))], "q/Squeeze")
+        attended = plugin(decode, "FusedAttentionDecode", [q1, k_cache, v_cache, shared.seq_lens(b, capacity)],
+                          "FusedAttentionDecode", scale=site.scale)
+        y_decode = decode.op("Reshape", [attended, decode.const("rows", np.array([0, 1, -1], np.int64))], "y")
+        prefill = NodeBuilder(graph, f"{node.name}/planforge/prefill")
+        attended = plugin(prefill, "FusedAttentionPrefill", [qh, kh, vh], "FusedAttentionPrefill",
+                          scale=site.scale, window=site.window or 0, sinks=0)
+        y_prefill = prefill.op("Reshape", [prefill.op("Transpose", [attended], "y/Transpose", perm=[0, 2, 1, 3]),
+                                           prefill.const("rows", np.array([0, 0, -1], np.int64))], "y")
+        y_old = node.outputs[0]
+        for y in (y_decode, y_prefill):
+            y.type, y.shape = y_old.type, y_old.shape
+        branch = lambda builder, y, tag: ir.Graph([], [y], nodes=builder.nodes, name=f"{node.name}/{tag}")  # noqa: E731
+        if_node = ir.Node("", "If", [shared.is_decode(b)], [
+            ir.AttrGraph("then_branch", branch(decode, y_decode, "decode")),
+            ir.AttrGraph("else_branch", branch(prefill, y_prefill, "prefill"))], num_outputs=1,
+            name=f"{node.name}/planforge/If")
+        if_node.outputs[0].name, if_node.outputs[0].type, if_node.outputs[0].shape = \
+            f"{node.name}/planforge/y", y_old.type, y_old.shape
+        graph.insert_before(node, b.nodes + [if_node])
+        y_old.replace_all_uses_with(if_node.outputs[0], replace_graph_outputs=True)
+        for identity in site.presents:
+            graph.outputs.remove(identity.outputs[0])
+        graph.remove(site.presents + [node], safe=True)
+        graph.outputs.extend([k_cache, v_cache])
+        return cache_in[0], cache_in[1]
+
+
+class SharedValues:
+    """Values every layer's rewrite reads, made once: past_lengths, S == 1, and min(past_lengths + 1, C)."""
+
+    def __init__(self, graph: ir.Graph, manifest: Manifest):
+        self.graph, self.manifest = graph, manifest
+        self.past_lengths = ir.Value(name=constants.PAST_LENGTHS, type=ir.TensorType(ir.DataType.INT32),
+                                     shape=ir.Shape(["batch"]))
+        self._is_decode: Optional[ir.Value] = None
+        self._lengths: dict[int, ir.Value] = {}
+
+    def is_decode(self, b: NodeBuilder) -> ir.Value:
+        if self._is_decode is None:
+            input_ids = next(v for v in self.graph.inputs if v.name == constants.INPUT_IDS)
+            seq = b.op("Shape", [input_ids], "/planforge/seq_len", start=1, end=2)
+            self._is_decode = b.op("Equal", [seq, b.const("/planforge/one", np.array([1], np.int64))],
+                                   "/planforge/is_decode")
+        return self._is_decode
+
+    def seq_lens(self, b: NodeBuilder, capacity: int) -> ir.Value:
+        """Valid entries after this step's write (decode): min(past_lengths + 1, C), int32 (B,)."""
+        if capacity not in self._lengths:
+            grown = b.op("Add", [self.past_lengths, b.const("/planforge/one_i32", np.array(1, np.int32))],
+                         f"/planforge/lengths_plus_one_c{capacity}")
+            self._lengths[capacity] = b.op("Min", [grown, b.const(f"/planforge/capacity_{capacity}",
+                                                                  np.array(capacity, np.int32))],
+                                           f"/planforge/seq_lens_c{capacity}")
+        return self._lengths[capacity]
+
+
+class LowerPluginsPass(GraphPass):
+    """Lowers the portable graph onto planforge's plugin ops (module doc); ``--target torch``."""
+
+    name = "lower_plugins"
+    expected = True
+
+    def __init__(self, manifest: Manifest, allow_partial: bool = False):
+        super().__init__()
+        self.manifest, self.allow_partial = manifest, allow_partial
+        self.layers: list[dict] = []
+        self.ops: dict[str, int] = {}
+
+    @classmethod
+    def from_options(cls, options, context: PassContext) -> Optional["LowerPluginsPass"]:
+        if options.target != "torch":
+            return None
+        return cls(context.manifest, options.allow_partial)
+
+    def settings(self) -> dict:
+        return {"plugin_ops": self.ops, "allow_partial": self.allow_partial, "refused": self.refusals}
+
+    def rewrite_graph(self, graph: ir.Graph) -> int:
+        """The main graph only: attention inside If branches (a sparse graph) is refused from here."""
+        attentions = [n for n in ir.traversal.RecursiveGraphIterator(graph) if n.op_type == "Attention"]
+        rule = AttentionKVCacheRule()
+        sites = []
+        for layer, node in enumerate(attentions):
+            site = rule.check(node, layer, self.manifest, graph) if node.graph is graph else \
+                f"{node.name} (Attention): inside an If branch (a sparse graph); not lowered yet"
+            (sites if isinstance(site, AttentionSite) else self.refusals).append(site)
+        if self.refusals or len(sites) != self.manifest.dims.num_layers:
+            if not self.allow_partial:
+                problems = summarize(self.refusals) if self.refusals else \
+                    f"found {len(sites)} attention sites for {self.manifest.dims.num_layers} layers"
+                raise LoweringError(f"cannot lower to planforge ops: {problems}. Pass --allow-partial to keep these "
+                                    "nodes as standard ops (run by the torch backend).")
+            return 0  # the cache contract is one for all layers: partial leaves attention portable
+        shared = SharedValues(graph, self.manifest)
+        caches = [rule.rewrite(graph, site, shared) for site in sites]
+        self.layers = [{"capacity": s.window or self.manifest.dims.max_seq_len, "rolling": s.window is not None}
+                       for s in sites]
+        self._replace_inputs(graph, sites, caches, shared)
+        for op_type in ("KVCacheUpdate", "FusedAttentionPrefill", "FusedAttentionDecode"):
+            schema = plugin_op(op_type).schema
+            self.ops[schema.qualified_name] = schema.version
+        graph.sort()
+        return len(sites)
+
+    @staticmethod
+    def _replace_inputs(graph: ir.Graph, sites, caches, shared: SharedValues) -> None:
+        past = {v for site in sites for v in site.past}
+        kept = [v for v in graph.inputs if v not in past]
+        graph.inputs.clear()
+        graph.inputs.extend(kept + [shared.past_lengths] + [v for pair in caches for v in pair])
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.matches = self.rewrite_graph(model.graph)
+        if self.matches:
+            model.opset_imports[DOMAIN] = opset_version()
+            ir.passes.common.RemoveUnusedNodesPass()(model)  # the mask builder
+            mask = [v for v in model.graph.inputs if v.name == constants.ATTENTION_MASK and not v.uses()]
+            for value in mask:
+                model.graph.inputs.remove(value)
+        return ir.passes.PassResult(model, modified=self.matches > 0)
+
+    def record(self, manifest: Manifest) -> None:
+        super().record(manifest)
+        manifest.target = "torch"
+        manifest.plugin_ops = dict(self.ops)
+        if self.matches:
+            manifest.io = lowered_io_contract(manifest, self.layers)
+
+
+def summarize(refusals: list[str]) -> str:
+    """Refusals with the same reason once, counted, naming the first node: "model.layers.0/Attention: why (x8)"."""
+    first: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for refusal in refusals:
+        node, _, why = refusal.partition(": ")
+        first.setdefault(why, node)
+        counts[why] = counts.get(why, 0) + 1
+    return "; ".join(f"{first[why]}: {why}" + (f" (and {n - 1} more like it)" if n > 1 else "")
+                     for why, n in counts.items())
+
+
+def lowered_io_contract(manifest: Manifest, layers: list[dict]) -> dict:
+    """The lowered graph's I/O (docs/onnx_contract.md, "Lowered graph"), versioned by LOWERED_IO_VERSION."""
+    d, dtype = manifest.dims, manifest.dtype
+    inputs = [
+        {"name": constants.INPUT_IDS, "dtype": "int64", "shape": ["batch", "sequence"]},
+        {"name": constants.POSITION_IDS, "dtype": "int64", "shape": ["batch", "sequence"]},
+        {"name": constants.PAST_LENGTHS, "dtype": "int32", "shape": ["batch"]},
+    ]
+    outputs = [{"name": constants.LOGITS, "dtype": "fp32", "shape": ["batch", "sequence", d.vocab_size]}]
+    for i, layer in enumerate(layers):
+        shape = ["batch", d.num_kv_heads, layer["capacity"], d.head_dim]
+        for name_in, name_out in ((constants.cache_key, constants.cache_key_out),
+                                  (constants.cache_value, constants.cache_value_out)):
+            inputs.append({"name": name_in(i), "dtype": dtype, "shape": shape})
+            outputs.append({"name": name_out(i), "dtype": dtype, "shape": shape, "aliases": name_in(i)})
+    return {"version": constants.LOWERED_IO_VERSION, "inputs": inputs, "outputs": outputs,
+            "kv_cache": [{"layer": i, **layer} for i, layer in enumerate(layers)],
+            "notes": "caches are preallocated and updated in place (outputs alias inputs); past_lengths[b] = valid "
+                     "entries of sequence b before the step = slot of its first new token (rolling: mod capacity); "
+                     "a step is either a prefill from an empty cache (past_lengths 0, no padding) or one token per "
+                     "sequence"}

@@ -1,0 +1,139 @@
+"""The plugin lowering (``build --target torch``): the lowered graph on the torch backend against ONNX Runtime on
+the portable graph it came from, its structure and contract, and its refusals."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from planforge.cli.app import app
+from planforge.errors import LoweringError, PluginVersionError
+from planforge.graph_passes.api import OptimizeOptions, optimize
+from planforge.graph_passes.schemes import QuantOptions
+from planforge.graph_passes.streaming_attention import StreamingOptions
+from planforge.manifest import Manifest
+from planforge.plugins.registry import opset_version, register_onnx_schemas
+from planforge.runtime import open_backend
+
+ATOL = 1e-4  # fp32 logits; the fused ops compute in float32 like ONNX Runtime, in another order
+
+
+def build(portable, out, **options):
+    optimize(portable, out, OptimizeOptions(target="torch", force=True, **options))
+    return out
+
+
+def steps_agree(portable, lowered, pad=2, prompt=6, decode=8, seed=0):
+    """Left-padded prefill then ``decode`` greedy steps on both; every step's logits within ATOL."""
+    vocab = Manifest.load(portable).dims.vocab_size
+    ids = np.random.default_rng(seed).integers(1, vocab, (2, prompt + decode))
+    mask = np.ones((2, prompt), np.int64)
+    mask[1, :pad] = 0
+    pos = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
+    runs = []
+    for backend in (open_backend(portable, "onnxruntime"), open_backend(lowered)):
+        logits, cache = backend.forward(ids[:, :prompt], mask, pos, backend.empty_cache(2))
+        steps = [logits * mask[..., None]]  # padding rows are never read
+        for t in range(decode):
+            # a streaming cache holds fewer positions than were seen: the mask covers what it holds
+            full = np.concatenate([mask, np.ones((2, t + 1), np.int64)], axis=1)[:, -(cache.length + 1):]
+            logits, cache = backend.forward(ids[:, prompt + t:prompt + t + 1], full, pos[:, -1:] + t + 1, cache)
+            steps.append(logits)
+        runs.append(steps)
+    for step, (oracle, lowered_logits) in enumerate(zip(*runs)):
+        np.testing.assert_allclose(lowered_logits, oracle, atol=ATOL, rtol=0, err_msg=f"step {step}")
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gpt2"])
+def test_every_family_matches_onnxruntime_on_the_portable_graph(tiny_model, tmp_path, family):
+    portable = tiny_model(family)[1]
+    lowered = build(portable, tmp_path / "lowered")
+    assert open_backend(lowered).name == "torch"  # the manifest target picks the backend
+    steps_agree(portable, lowered)  # mistral: a window of 8 over 14 positions, so the rolling cache wraps
+
+
+def test_an_unpadded_batch_prefills_in_one_run(tiny_model, tmp_path):
+    portable = tiny_model("qwen2")[1]
+    steps_agree(portable, build(portable, tmp_path / "lowered"), pad=0, decode=3)
+
+
+def test_a_shared_context_with_continuations_matches_onnxruntime(tiny_model, tmp_path):
+    """The multiple-choice path: one prompt, its cache repeated, right-padded continuations over it."""
+    portable = tiny_model("mistral")[1]
+    lowered = build(portable, tmp_path / "lowered")
+    context, batch = np.array([[3, 4, 5, 6, 7]]), np.array([[8, 9, 10], [11, 0, 0]])
+    results = []
+    for backend in (open_backend(portable, "onnxruntime"), open_backend(lowered)):
+        _, cache = backend.forward(context, np.ones_like(context), np.arange(5)[None], backend.empty_cache(1))
+        logits, _ = backend.forward(batch, np.ones((2, 8), np.int64), np.broadcast_to(5 + np.arange(3), (2, 3)),
+                                    backend.repeat_cache(cache, 2))
+        results.append(logits)
+    np.testing.assert_allclose(results[1][0], results[0][0], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(results[1][1, :1], results[0][1, :1], atol=ATOL, rtol=0)  # the real token
+
+
+def test_weight_only_quantized_graph_lowers_its_attention(tiny_model, tmp_path):
+    portable = tmp_path / "w4a16"
+    optimize(tiny_model("llama")[1], portable, OptimizeOptions(quant=QuantOptions(scheme="w4a16", group=32),
+                                                               target="portable"))
+    steps_agree(portable, build(portable, tmp_path / "lowered"))
+
+
+def test_the_lowered_graph_and_its_contract(tiny_model, tmp_path):
+    lowered = build(tiny_model("llama")[1], tmp_path / "lowered")
+    model = onnx.load(str(lowered / "model.onnx"))
+    ops = [n for n in model.graph.node] + [n for node in model.graph.node if node.op_type == "If"
+                                            for a in node.attribute for n in a.g.node]
+    assert not any(n.op_type == "Attention" for n in ops)
+    plugins = [n for n in ops if n.domain == "planforge"]
+    assert {n.op_type for n in plugins} == {"KVCacheUpdate", "FusedAttentionPrefill", "FusedAttentionDecode"}
+    assert len(plugins) == 3 * 2  # two layers
+    for node in plugins:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["plugin_namespace"] == b"planforge" and attrs["plugin_version"] == b"2"
+    assert {o.domain: o.version for o in model.opset_import}["planforge"] == opset_version()
+    register_onnx_schemas()
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True)
+    onnx.checker.check_model(inferred, full_check=True)
+    manifest = Manifest.load(lowered)
+    assert manifest.target == "torch" and manifest.io["version"] == 1
+    assert manifest.plugin_ops == {"planforge::KVCacheUpdate": 2, "planforge::FusedAttentionPrefill": 2,
+                                   "planforge::FusedAttentionDecode": 2}
+    assert [i.name for i in model.graph.input][:3] == ["input_ids", "position_ids", "past_lengths"]
+    assert [e["name"] for e in manifest.io["inputs"]] == [i.name for i in model.graph.input]
+    assert [e["name"] for e in manifest.io["outputs"]] == [o.name for o in model.graph.output]
+    assert not (lowered / "genai_config.json").exists()  # ORT-GenAI cannot run this contract
+
+
+def test_a_streaming_graph_is_refused_or_kept_with_allow_partial(tiny_model, tmp_path):
+    streamed = tmp_path / "stream"
+    optimize(tiny_model("llama")[1], streamed, OptimizeOptions(streaming=StreamingOptions(2, 6), target="portable"))
+    with pytest.raises(LoweringError, match=r"Attention\): no past key/value graph inputs .*\(and 1 more like it\)"
+                                            r"\. Pass --allow-partial"):
+        build(streamed, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    kept = build(streamed, tmp_path / "partial", allow_partial=True)
+    assert Manifest.load(kept).target == "torch" and Manifest.load(kept).plugin_ops == {}
+    steps_agree(streamed, kept, pad=0, prompt=4, decode=6)
+
+
+def test_an_op_version_this_planforge_lacks_is_refused(tiny_model, tmp_path):
+    lowered = tmp_path / "old"
+    shutil.copytree(build(tiny_model("llama")[1], tmp_path / "lowered"), lowered)
+    manifest = json.loads((lowered / "planforge.json").read_text())
+    manifest["plugin_ops"]["planforge::KVCacheUpdate"] = 1
+    (lowered / "planforge.json").write_text(json.dumps(manifest))
+    with pytest.raises(PluginVersionError, match="lowered with planforge::KVCacheUpdate version 1; this planforge "
+                                                 "has version 2"):
+        open_backend(lowered)
+
+
+def test_build_cli(tiny_model, tmp_path):
+    result = CliRunner().invoke(app, ["build", str(tiny_model("gpt2")[1]), "-o", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "lower_plugins: 2 rewritten" in result.output and "planforge::KVCacheUpdate v2" in result.output
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "out"), "-p", "The quick", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
