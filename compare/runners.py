@@ -25,12 +25,14 @@ def output_names(decode_steps: int) -> list[str]:
 
 
 class _TeacherForcedRunner(BaseRunner):
-    def __init__(self, decode_steps: int, name: str):
+    def __init__(self, decode_steps: int, name: str, prompt_len: Optional[int] = None):
         super().__init__(name=name, prefix="planforge")
         self.decode_steps = decode_steps
+        # A fixed length lets Polygraphy's own data loader make the input (`polygraphy run`).
+        self.input_len = None if prompt_len is None else prompt_len + decode_steps
 
     def get_input_metadata_impl(self):
-        return TensorMetadata().add(constants.INPUT_IDS, dtype=np.int64, shape=(1, None))
+        return TensorMetadata().add(constants.INPUT_IDS, dtype=np.int64, shape=(1, self.input_len))
 
     def infer_impl(self, feed_dict):
         ids = np.asarray(feed_dict[constants.INPUT_IDS], dtype=np.int64)  # (1, S + K)
@@ -48,8 +50,9 @@ class _TeacherForcedRunner(BaseRunner):
 class BackendRunner(_TeacherForcedRunner):
     """A planforge compiled model on any registered backend (``runtime.backends``)."""
 
-    def __init__(self, model_dir: Path, decode_steps: int, backend: Optional[str] = None, device: str = "cpu"):
-        super().__init__(decode_steps, name=f"planforge[{Path(model_dir).name}]")
+    def __init__(self, model_dir: Path, decode_steps: int, backend: Optional[str] = None, device: str = "cpu",
+                 prompt_len: Optional[int] = None):
+        super().__init__(decode_steps, name=f"planforge[{Path(model_dir).name}]", prompt_len=prompt_len)
         self.model_dir, self.backend_name, self.device = Path(model_dir), backend, device
 
     def activate_impl(self):

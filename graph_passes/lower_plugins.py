@@ -175,9 +175,9 @@ class LowerPluginsPass(GraphPass):
     name = "lower_plugins"
     expected = True
 
-    def __init__(self, manifest: Manifest, allow_partial: bool = False):
+    def __init__(self, manifest: Manifest, allow_partial: bool = False, portable_model: str = ""):
         super().__init__()
-        self.manifest, self.allow_partial = manifest, allow_partial
+        self.manifest, self.allow_partial, self.portable_model = manifest, allow_partial, portable_model
         self.layers: list[dict] = []
         self.ops: dict[str, int] = {}
 
@@ -185,7 +185,7 @@ class LowerPluginsPass(GraphPass):
     def from_options(cls, options, context: PassContext) -> Optional["LowerPluginsPass"]:
         if options.target != "torch":
             return None
-        return cls(context.manifest, options.allow_partial)
+        return cls(context.manifest, options.allow_partial, str(context.model_dir.resolve()))
 
     def settings(self) -> dict:
         return {"plugin_ops": self.ops, "allow_partial": self.allow_partial, "refused": self.refusals}
@@ -238,6 +238,7 @@ class LowerPluginsPass(GraphPass):
         super().record(manifest)
         manifest.target = "torch"
         manifest.plugin_ops = dict(self.ops)
+        manifest.source["portable_model"] = self.portable_model  # the oracle compare and polygraphy run use
         if self.matches:
             manifest.io = lowered_io_contract(manifest, self.layers)
 
