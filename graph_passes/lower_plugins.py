@@ -1,6 +1,8 @@
 """Portable graph -> planforge plugin ops (``build --target torch``; TensorRT parses the same file).
 
-The rule, per decoder layer (``pattern`` / ``check`` with a reason / ``rewrite``)::
+Two rules (``pattern`` / ``check`` with a reason / ``rewrite``): QUIK linears
+(``quik_rule.py``: W4A4/W8A8 QDQ -> ``QuikQuantize`` + ``QuikMatMul``), and attention with
+its KV cache, per decoder layer::
 
     Attention(q, k, v, mask, past_k, past_v) ─► y, present_k, present_v        (concat cache)
  => k_cache', v_cache' = KVCacheUpdate(k_cache, v_cache, K(k), K(v), past_lengths)  (in place, aliased)
@@ -37,6 +39,7 @@ from planforge import constants
 from planforge.errors import LoweringError
 from planforge.graph_passes.base import GraphPass, PassContext
 from planforge.graph_passes.node_builder import NodeBuilder
+from planforge.graph_passes.quik_rule import QuikLinearRule
 from planforge.manifest import Manifest
 from planforge.plugins import DOMAIN
 from planforge.plugins.registry import NODE_ATTRIBUTES, opset_version, plugin_op
@@ -192,30 +195,59 @@ class LowerPluginsPass(GraphPass):
 
     def rewrite_graph(self, graph: ir.Graph) -> int:
         """The main graph only: attention inside If branches (a sparse graph) is refused from here."""
+        sites = self._attention_sites(graph)
+        self.refusals += self._quik_groups(graph)[1]
+        if self.refusals and not self.allow_partial:
+            raise LoweringError(f"cannot lower to planforge ops: {summarize(self.refusals)}. Pass --allow-partial "
+                                "to keep these nodes as standard ops (run by the torch backend).")
+        count = 0
+        if sites:
+            shared = SharedValues(graph, self.manifest)
+            caches = [AttentionKVCacheRule().rewrite(graph, site, shared) for site in sites]
+            self.layers = [{"capacity": s.window or self.manifest.dims.max_seq_len, "rolling": s.window is not None}
+                           for s in sites]
+            self._replace_inputs(graph, sites, caches, shared)
+            self._used("KVCacheUpdate", "FusedAttentionPrefill", "FusedAttentionDecode")
+            count += len(sites)
+        position = {node: i for i, node in enumerate(graph)}
+        for group in self._quik_groups(graph)[0]:  # found again: o_proj now reads the rewritten attention
+            anchor = min((node for site in group for node in site.nodes), key=position.__getitem__)
+            QuikLinearRule().rewrite(graph, group, anchor, plugin)
+            self._used("QuikQuantize", "QuikMatMul")
+            count += len(group)
+        graph.sort()
+        return count
+
+    def _attention_sites(self, graph: ir.Graph) -> list[AttentionSite]:
+        """Every layer's site, or none: the cache contract is one for all layers (refusals are recorded)."""
         attentions = [n for n in ir.traversal.RecursiveGraphIterator(graph) if n.op_type == "Attention"]
-        rule = AttentionKVCacheRule()
-        sites = []
+        rule, sites, refused = AttentionKVCacheRule(), [], []
         for layer, node in enumerate(attentions):
             site = rule.check(node, layer, self.manifest, graph) if node.graph is graph else \
                 f"{node.name} (Attention): inside an If branch (a sparse graph); not lowered yet"
-            (sites if isinstance(site, AttentionSite) else self.refusals).append(site)
-        if self.refusals or len(sites) != self.manifest.dims.num_layers:
-            if not self.allow_partial:
-                problems = summarize(self.refusals) if self.refusals else \
-                    f"found {len(sites)} attention sites for {self.manifest.dims.num_layers} layers"
-                raise LoweringError(f"cannot lower to planforge ops: {problems}. Pass --allow-partial to keep these "
-                                    "nodes as standard ops (run by the torch backend).")
-            return 0  # the cache contract is one for all layers: partial leaves attention portable
-        shared = SharedValues(graph, self.manifest)
-        caches = [rule.rewrite(graph, site, shared) for site in sites]
-        self.layers = [{"capacity": s.window or self.manifest.dims.max_seq_len, "rolling": s.window is not None}
-                       for s in sites]
-        self._replace_inputs(graph, sites, caches, shared)
-        for op_type in ("KVCacheUpdate", "FusedAttentionPrefill", "FusedAttentionDecode"):
+            (sites if isinstance(site, AttentionSite) else refused).append(site)
+        if not refused and len(sites) != self.manifest.dims.num_layers:
+            refused.append(f"the graph: {len(sites)} attention sites for {self.manifest.dims.num_layers} layers")
+        self.refusals += refused
+        return [] if refused else sites
+
+    @staticmethod
+    def _quik_groups(graph: ir.Graph) -> tuple[list[list], list[str]]:
+        """QUIK sites grouped by shared input and quantizer, and the refusals."""
+        rule, groups, refused = QuikLinearRule(), {}, []
+        for node in graph:
+            if node.op_type == "DequantizeLinear" and node.domain == "":
+                site = rule.check(node)
+                if isinstance(site, str):
+                    refused.append(site)
+                elif site is not None:
+                    groups.setdefault(site.group_key(), []).append(site)
+        return list(groups.values()), refused
+
+    def _used(self, *op_types: str) -> None:
+        for op_type in op_types:
             schema = plugin_op(op_type).schema
             self.ops[schema.qualified_name] = schema.version
-        graph.sort()
-        return len(sites)
 
     @staticmethod
     def _replace_inputs(graph: ir.Graph, sites, caches, shared: SharedValues) -> None:
@@ -239,7 +271,7 @@ class LowerPluginsPass(GraphPass):
         manifest.target = "torch"
         manifest.plugin_ops = dict(self.ops)
         manifest.source["portable_model"] = self.portable_model  # the oracle compare and polygraphy run use
-        if self.matches:
+        if self.layers:
             manifest.io = lowered_io_contract(manifest, self.layers)
 
 

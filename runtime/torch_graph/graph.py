@@ -147,8 +147,8 @@ def unsupported_ops(graph: onnx.GraphProto) -> list[str]:
 class TorchGraph:
     """An ONNX model loaded for torch on ``device``: ``run(feeds)`` returns the graph outputs in order."""
 
-    def __init__(self, path: Path, device: str = "cpu", keep_inputs: Optional[set[str]] = None):
-        model = onnx.load(str(path))
+    def __init__(self, path: Path | onnx.ModelProto, device: str = "cpu", keep_inputs: Optional[set[str]] = None):
+        model = path if isinstance(path, onnx.ModelProto) else onnx.load(str(path))
         missing = unsupported_ops(model.graph)
         if missing:
             raise UnsupportedOpError(

@@ -82,6 +82,23 @@ def test_weight_only_quantized_graph_lowers_its_attention(tiny_model, tmp_path):
     steps_agree(portable, build(portable, tmp_path / "lowered"))
 
 
+def test_a_w4a4_model_lowers_its_linears_onto_the_quik_ops(tiny_model, tmp_path):
+    """Per-linear exactness is tests/graph_passes/test_quik_rule.py; here the whole model is rewritten and runs."""
+    calib = tmp_path / "calib.txt"
+    calib.write_text("The quick brown fox jumps over the lazy dog. Attention with a key value cache. " * 40)
+    portable = tmp_path / "w4a4"
+    optimize(tiny_model("llama")[1], portable, OptimizeOptions(
+        quant=QuantOptions("w4a4", outliers="4"), calib=calib, calib_samples=4, calib_seq_len=32, target="portable"))
+    lowered = build(portable, tmp_path / "lowered")
+    model = onnx.load(str(lowered / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuikMatMul") == 7 * 2 and ops.count("QuikQuantize") == 4 * 2  # q/k/v and gate/up share one
+    assert "DequantizeLinear" not in ops and "Floor" not in ops  # the table stays float: no tied head here
+    assert set(Manifest.load(lowered).plugin_ops) >= {"planforge::QuikQuantize", "planforge::QuikMatMul"}
+    logits = open_backend(lowered).prefill_logits(np.array([[5, 6, 7, 8]]))
+    assert logits.shape == (1, 4, Manifest.load(lowered).dims.vocab_size) and np.isfinite(logits).all()
+
+
 def test_the_lowered_graph_and_its_contract(tiny_model, tmp_path):
     lowered = build(tiny_model("llama")[1], tmp_path / "lowered")
     model = onnx.load(str(lowered / "model.onnx"))
