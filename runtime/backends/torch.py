@@ -67,7 +67,8 @@ def _check_device(device: str) -> None:
 class TorchBackend(Backend):
     """A compiled model directory executed by torch on ``device``."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, device: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, model_dir: Path, manifest: Manifest, device: str = "cpu", threads: Optional[int] = None,
+                 cuda_graphs: bool = True):
         import torch
 
         from planforge.runtime.torch_graph.graph import TorchGraph
@@ -86,6 +87,13 @@ class TorchBackend(Backend):
         self._graph = TorchGraph(model_path, device)
         self._kv_dtype = getattr(torch, _TORCH_KV_DTYPES[manifest.dtype])
         self._in_place = "kv_cache" in manifest.io
+        self._graphed = None  # decode steps of the lowered contract on CUDA replay a captured graph
+        # fp16/bf16 only: float32 runs the ops' torch references, whose checks read values on the host
+        if self._in_place and device == "cuda" and cuda_graphs and manifest.dtype in ("fp16", "bf16"):
+            from planforge.runtime.torch_graph.cuda_graph import GraphedSteps
+
+            self._graphed = GraphedSteps(self._graph.run, (constants.INPUT_IDS, constants.POSITION_IDS,
+                                                           constants.PAST_LENGTHS))
         n = manifest.dims.num_layers
         self._cache_names = [name for i in range(n) for name in (
             (constants.cache_key(i), constants.cache_value(i)) if self._in_place
@@ -136,7 +144,8 @@ class TorchBackend(Backend):
                                      f"{int(lengths.max()) + ids.shape[1]}. Use a shorter prompt or fewer new tokens.")
         feeds = {constants.INPUT_IDS: self._tensor(ids), constants.POSITION_IDS: self._tensor(positions),
                  constants.PAST_LENGTHS: self._tensor(lengths, np.int32), **dict(zip(self._cache_names, buffers))}
-        return self._graph.run(feeds)[0].float().cpu().numpy()
+        run = self._graphed if self._graphed is not None and ids.shape[1] == 1 else self._graph.run
+        return run(feeds)[0].float().cpu().numpy()
 
     def _forward_in_place(self, ids, mask, positions, cache: InPlaceKVCache):
         B, S = ids.shape

@@ -24,14 +24,25 @@ import planforge.runtime.torch_graph.nn_ops  # noqa: F401 (registers the nn ops)
 from planforge.errors import UnsupportedOpError
 from planforge.plugins import DOMAIN
 from planforge.plugins.registry import plugin_op
+from planforge.runtime.torch_graph.cuda_graph import to_device
 from planforge.runtime.torch_graph.ops import ONNX_OPS
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
 
+_SHAPE_DTYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
+_SHAPE_NUMEL = 64  # integer constants up to this size are shape arithmetic: they stay on the host
+
+
 def tensor_from_proto(proto: onnx.TensorProto, device: str) -> torch.Tensor:
-    """An initializer or constant as a torch tensor; 4-bit codes unpacked to one int8/uint8 each."""
+    """An initializer or constant as a torch tensor; 4-bit codes unpacked to one int8/uint8 each.
+
+    Small integer constants (axes, shapes, indices of a few elements) stay on the CPU with the values
+    ``Shape`` produces, so shape arithmetic never waits for the GPU; an op that mixes them with device
+    tensors gets them moved (``_on_one_device``)."""
     array = numpy_helper.to_array(proto)
+    if proto.data_type in _SHAPE_DTYPES and array.size <= _SHAPE_NUMEL:
+        device = "cpu"
     if proto.data_type == onnx.TensorProto.BFLOAT16:
         return torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16).to(device)
     if proto.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
@@ -96,7 +107,7 @@ class _Body:
     def run(self, env: ChainMap) -> list[torch.Tensor]:
         scope = env.new_child(dict(self.constants))
         for step in self.steps:
-            inputs = [scope[name] if name else None for name in step.inputs]
+            inputs = _on_one_device([scope[name] if name else None for name in step.inputs])
             if step.branches is not None:
                 values = step.branches[0 if bool(inputs[0]) else 1].run(scope)
             else:
@@ -111,6 +122,15 @@ class _Body:
             for name in step.release:
                 scope.maps[0].pop(name, None)
         return [scope[name] for name in self.outputs]
+
+
+def _on_one_device(inputs: list) -> list:
+    """Host tensors (shape arithmetic) moved to the device when an op also reads device tensors."""
+    devices = {t.device for t in inputs if isinstance(t, torch.Tensor)}
+    if len(devices) < 2:
+        return inputs
+    device = next(d for d in devices if d.type != "cpu")
+    return [to_device(t, device) if isinstance(t, torch.Tensor) and t.device != device else t for t in inputs]
 
 
 def _captured(step: _Step) -> list[str]:
