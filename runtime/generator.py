@@ -108,7 +108,7 @@ class Generator:
         first = ids.shape[1] if self.cache_slots is None else min(ids.shape[1], self.cache_slots)
         step_mask = mask[:, :first]  # the first step fills the cache without evicting
         logits, cache = self.backend.forward(ids[:, :first], step_mask, positions[:, :first],
-                                             self.backend.empty_cache(ids.shape[0]))
+                                             self.backend.empty_cache(ids.shape[0]), last_only=on_step is None)
         if on_step is not None:
             on_step(0, logits)
         for t in range(first, ids.shape[1]):

@@ -150,7 +150,7 @@ class PlanforgeSide:
         if B not in self._buffers:
             self._buffers = {B: b.empty_cache(B).buffers}  # one batch size's buffers at a time
         empty = InPlaceKVCache(self._buffers[B], np.zeros(B, np.int64), 0)
-        _, cache = b.forward(ids, np.ones((B, S), np.int64), np.tile(np.arange(S), (B, 1)), empty)
+        _, cache = b.forward(ids, np.ones((B, S), np.int64), np.tile(np.arange(S), (B, 1)), empty, last_only=True)
         return cache
 
     def decode(self, cache, ids: np.ndarray, steps: int):
@@ -193,7 +193,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--layers", type=int, default=8, help="Layers of the 7B-shaped model (of 32).")
     parser.add_argument("--quick", action="store_true", help="1k context only, 2 repetitions.")
+    parser.add_argument("--profile-prefill", action="store_true",
+                        help="Only profile one 2k prefill of the 7B-shaped model on planforge (torch.profiler table).")
     args = parser.parse_args()
+    if args.profile_prefill:
+        return profile_prefill(compile_model(make_llama_7b_shape(args.work / "llama7b_hf", args.layers),
+                                             args.work / "llama-7b-shape"))
     reps = 2 if args.quick else 3
     args.work.mkdir(parents=True, exist_ok=True)
     models = {
@@ -218,6 +223,25 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     print_table(results)
+
+
+def profile_prefill(lowered: Path) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    side = PlanforgeSide(lowered)
+    ids = np.random.default_rng(0).integers(1, 32000, (1, 2048))
+    side.prefill(ids)
+    graph, b = side.backend._graph, side.backend
+    feeds = {"input_ids": torch.from_numpy(ids).cuda(), "position_ids": torch.arange(2048).cuda()[None],
+             "past_lengths": torch.zeros(1, dtype=torch.int32, device="cuda"),
+             **dict(zip(b._cache_names, b.empty_cache(1).buffers))}
+    print(f"graph run only: {_time(lambda: graph.run(feeds), 3) * 1e3:.1f} ms; with the logits to the host: "
+          f"{_time(lambda: side.prefill(ids), 3) * 1e3:.1f} ms", flush=True)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        graph.run(feeds)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
 
 
 def print_table(results: dict) -> None:

@@ -37,8 +37,11 @@ class Backend:
         attention_mask: np.ndarray,  # (B, P + S) int64
         position_ids: np.ndarray,  # (B, S) int64
         cache: Any,
+        last_only: bool = False,
     ) -> tuple[np.ndarray, Any]:
-        """Returns logits (B, S, V) float32 and the cache holding P + S positions (or S + W when streaming)."""
+        """Returns logits (B, S, V) float32, or (B, 1, V) of the last position with ``last_only`` (what a
+        sampler needs: a GPU backend then copies 1/S of them to the host), and the cache holding P + S
+        positions (or S + W when streaming)."""
         raise NotImplementedError
 
     def repeat_cache(self, cache: Any, times: int) -> Any:

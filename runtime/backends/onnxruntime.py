@@ -127,7 +127,7 @@ class OnnxRuntimeBackend(Backend):
         values = [self._value(np.repeat(v.numpy(), times, axis=0)) for v in cache.values]
         return KVCache(values=values, length=cache.length)
 
-    def forward(self, input_ids, attention_mask, position_ids, cache: KVCache):
+    def forward(self, input_ids, attention_mask, position_ids, cache: KVCache, last_only: bool = False):
         assert input_ids.shape == position_ids.shape, (input_ids.shape, position_ids.shape)
         assert attention_mask.shape[1] == cache.length + input_ids.shape[1], "mask must cover past + new tokens"
         import onnxruntime as ort
@@ -139,6 +139,8 @@ class OnnxRuntimeBackend(Backend):
         feeds.update(zip(self._past_names, cache.values))
         outputs = self._run_cpu(feeds) if self.device == "cpu" else self._run_bound(feeds)
         logits = outputs[0].numpy()  # (B, S, V)
+        if last_only:
+            logits = logits[:, -1:]
         # P + S positions, or at most S + W for a streaming model (sinks + rolling window).
         return logits, KVCache(values=list(outputs[1:]), length=outputs[1].shape()[2])
 

@@ -52,6 +52,11 @@ class InPlaceKVCache:
     length: int  # attention-mask columns seen so far (the caller's P), padding included
 
 
+def _to_host(logits, last_only: bool) -> np.ndarray:
+    """(B, S, V) device logits -> float32 numpy, only the last position's when that is all the caller reads."""
+    return (logits[:, -1:] if last_only else logits).float().cpu().numpy()
+
+
 def _check_device(device: str) -> None:
     import torch
 
@@ -121,20 +126,22 @@ class TorchBackend(Backend):
                                   np.repeat(cache.lengths, times), cache.length)
         return TorchKVCache([v.repeat_interleave(times, dim=0) for v in cache.values], cache.length)
 
-    def forward(self, input_ids, attention_mask, position_ids, cache):
+    def forward(self, input_ids, attention_mask, position_ids, cache, last_only: bool = False):
         assert input_ids.shape == position_ids.shape, (input_ids.shape, position_ids.shape)
         assert attention_mask.shape[1] == cache.length + input_ids.shape[1], "mask must cover past + new tokens"
         if self._in_place:
-            return self._forward_in_place(np.asarray(input_ids), np.asarray(attention_mask),
-                                          np.asarray(position_ids), cache)
+            logits, cache = self._forward_in_place(np.asarray(input_ids), np.asarray(attention_mask),
+                                                   np.asarray(position_ids), cache, last_only)
+            return logits, cache
         feeds = {constants.INPUT_IDS: self._tensor(input_ids), constants.ATTENTION_MASK: self._tensor(attention_mask),
                  constants.POSITION_IDS: self._tensor(position_ids), **dict(zip(self._cache_names, cache.values))}
         logits, *presents = self._graph.run(feeds)
         # P + S positions, or at most S + W for a streaming model (sinks + rolling window).
-        return logits.float().cpu().numpy(), TorchKVCache(presents, presents[0].shape[2])
+        return _to_host(logits, last_only), TorchKVCache(presents, presents[0].shape[2])
 
     # ---- the lowered contract ------------------------------------------------------------------
-    def _step(self, ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray, buffers: list) -> np.ndarray:
+    def _step(self, ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray, buffers: list,
+              last_only: bool = False) -> np.ndarray:
         """One graph run: writes the new tokens at slots ``lengths`` (+ s) of ``buffers``; logits (B, S, V)."""
         capacity = self.manifest.dims.max_seq_len
         if int(lengths.max()) + ids.shape[1] > capacity:
@@ -145,24 +152,26 @@ class TorchBackend(Backend):
         feeds = {constants.INPUT_IDS: self._tensor(ids), constants.POSITION_IDS: self._tensor(positions),
                  constants.PAST_LENGTHS: self._tensor(lengths, np.int32), **dict(zip(self._cache_names, buffers))}
         run = self._graphed if self._graphed is not None and ids.shape[1] == 1 else self._graph.run
-        return run(feeds)[0].float().cpu().numpy()
+        return _to_host(run(feeds)[0], last_only)
 
-    def _forward_in_place(self, ids, mask, positions, cache: InPlaceKVCache):
+    def _forward_in_place(self, ids, mask, positions, cache: InPlaceKVCache, last_only: bool):
         B, S = ids.shape
         new = mask[:, cache.length:]  # (B, S): 1 for a real new token
         if S == 1 or (cache.length == 0 and new.all()):  # one batched run: decode, or an unpadded prefill
-            logits = self._step(ids, positions, cache.lengths, cache.buffers)
+            logits = self._step(ids, positions, cache.lengths, cache.buffers, last_only)
         elif cache.length == 0:  # left-padded prefill: each row alone, on views of its buffers
-            logits = np.zeros((B, S, self.manifest.dims.vocab_size), np.float32)
+            logits = np.zeros((B, 1 if last_only else S, self.manifest.dims.vocab_size), np.float32)
             for b in range(B):
                 real = new[b].astype(bool)
                 rows = [buffer[b:b + 1] for buffer in cache.buffers]
-                logits[b, real] = self._step(ids[b:b + 1, real], positions[b:b + 1, real], cache.lengths[b:b + 1],
-                                             rows)[0]
+                row = self._step(ids[b:b + 1, real], positions[b:b + 1, real], cache.lengths[b:b + 1], rows,
+                                 last_only)[0]
+                logits[b, slice(None) if last_only else real] = row  # left padding: the last column is real
         else:  # new tokens over a filled cache: one decode step each
             steps = [self._step(ids[:, t:t + 1], positions[:, t:t + 1], cache.lengths + t, cache.buffers)
                      for t in range(S)]
+            logits = steps[-1] if last_only else np.concatenate(steps, axis=1)
             # every token is written (a right-padded continuation's padding comes after its real tokens)
-            return np.concatenate(steps, axis=1), InPlaceKVCache(cache.buffers, cache.lengths + S, cache.length + S)
+            return logits, InPlaceKVCache(cache.buffers, cache.lengths + S, cache.length + S)
         lengths = cache.lengths + new.sum(axis=1)
         return logits, InPlaceKVCache(cache.buffers, lengths, cache.length + S)

@@ -25,7 +25,7 @@ from planforge.errors import UnsupportedOpError
 from planforge.plugins import DOMAIN
 from planforge.plugins.registry import plugin_op
 from planforge.runtime.torch_graph.cuda_graph import to_device
-from planforge.runtime.torch_graph.ops import ONNX_OPS
+from planforge.runtime.torch_graph.ops import HOST_INPUTS, ONNX_OPS
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -58,6 +58,7 @@ class _Step:
     outputs: list[str]
     attributes: dict
     branches: Optional[tuple["_Body", "_Body"]] = None  # If: (then, else)
+    host_inputs: frozenset = frozenset()  # shape/axes inputs, read on the host where they are
     release: tuple[str, ...] = ()  # values no later step reads: freed after this one
 
 
@@ -77,7 +78,8 @@ class _Body:
             branches = (attributes.pop("then_branch"), attributes.pop("else_branch"))
             return _Step(node.name, None, list(node.input), list(node.output), {}, branches)
         if node.domain in _STANDARD_DOMAINS:
-            run = ONNX_OPS[node.op_type]
+            return _Step(node.name, ONNX_OPS[node.op_type], list(node.input), list(node.output), attributes,
+                         host_inputs=HOST_INPUTS.get(node.op_type, frozenset()))
         else:  # planforge (checked by unsupported_ops)
             op = plugin_op(node.op_type)
             run = lambda *inputs, _op=op, **attrs: tuple(_op.run(list(inputs), attrs))  # noqa: E731
@@ -107,7 +109,7 @@ class _Body:
     def run(self, env: ChainMap) -> list[torch.Tensor]:
         scope = env.new_child(dict(self.constants))
         for step in self.steps:
-            inputs = _on_one_device([scope[name] if name else None for name in step.inputs])
+            inputs = _on_one_device([scope[name] if name else None for name in step.inputs], step.host_inputs)
             if step.branches is not None:
                 values = step.branches[0 if bool(inputs[0]) else 1].run(scope)
             else:
@@ -124,13 +126,15 @@ class _Body:
         return [scope[name] for name in self.outputs]
 
 
-def _on_one_device(inputs: list) -> list:
-    """Host tensors (shape arithmetic) moved to the device when an op also reads device tensors."""
-    devices = {t.device for t in inputs if isinstance(t, torch.Tensor)}
+def _on_one_device(inputs: list, host: frozenset) -> list:
+    """Host tensors (shape arithmetic) moved to the device when an op also reads device tensors; the op's
+    shape and axes inputs (``host``) stay where they are."""
+    devices = {t.device for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and i not in host}
     if len(devices) < 2:
         return inputs
     device = next(d for d in devices if d.type != "cpu")
-    return [to_device(t, device) if isinstance(t, torch.Tensor) and t.device != device else t for t in inputs]
+    return [to_device(t, device) if isinstance(t, torch.Tensor) and t.device != device and i not in host else t
+            for i, t in enumerate(inputs)]
 
 
 def _captured(step: _Step) -> list[str]:

@@ -16,6 +16,13 @@ from typing import Callable
 import torch
 
 ONNX_OPS: dict[str, Callable] = {}
+# Inputs that are shapes, axes or counts: read on the host (``_ints``), so they are never moved to the device.
+HOST_INPUTS: dict[str, frozenset[int]] = {
+    "Reshape": frozenset({1}), "Expand": frozenset({1}), "Squeeze": frozenset({1}), "Unsqueeze": frozenset({1}),
+    "Split": frozenset({1}), "Slice": frozenset({1, 2, 3, 4}), "TopK": frozenset({1}), "Range": frozenset({0, 1, 2}),
+    "ConstantOfShape": frozenset({0}), "ReduceMax": frozenset({1}), "ReduceMin": frozenset({1}),
+    "ReduceSum": frozenset({1}), "ReduceMean": frozenset({1}),
+}
 
 # TensorProto element type -> torch dtype. INT4/UINT4 weights are held unpacked, one code per int8/uint8.
 TORCH_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,

@@ -56,6 +56,17 @@ def test_every_family_matches_onnxruntime_on_the_portable_graph(tiny_model, tmp_
     steps_agree(portable, lowered)  # mistral: a window of 8 over 14 positions, so the rolling cache wraps
 
 
+def test_last_only_logits_are_the_last_column(tiny_model, tmp_path):
+    portable = tiny_model("llama")[1]
+    lowered = build(portable, tmp_path / "lowered")
+    ids, mask = np.array([[5, 6, 7, 8], [0, 0, 9, 10]]), np.array([[1, 1, 1, 1], [0, 0, 1, 1]])
+    pos = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
+    for backend in (open_backend(portable, "onnxruntime"), open_backend(portable, "torch"), open_backend(lowered)):
+        full, _ = backend.forward(ids, mask, pos, backend.empty_cache(2))
+        last, _ = backend.forward(ids, mask, pos, backend.empty_cache(2), last_only=True)
+        np.testing.assert_array_equal(last, full[:, -1:])
+
+
 def test_an_unpadded_batch_prefills_in_one_run(tiny_model, tmp_path):
     portable = tiny_model("qwen2")[1]
     steps_agree(portable, build(portable, tmp_path / "lowered"), pad=0, decode=3)
