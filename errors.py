@@ -13,6 +13,10 @@ class ModelNotFoundError(PlanforgeError):
     """The model directory is missing, empty, or not a Hugging Face model."""
 
 
+class CheckpointError(ModelNotFoundError):
+    """The weights are incomplete, truncated, corrupt, or not plain tensors."""
+
+
 class UnsupportedArchitectureError(PlanforgeError):
     """The model's architecture has no exporter adapter."""
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-from planforge.errors import AdapterError, ModelNotFoundError, UnsupportedArchitectureError
+from planforge.errors import AdapterError, CheckpointError, ModelNotFoundError, UnsupportedArchitectureError
 
 # Nothing planforge does at run time may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,7 +36,7 @@ def resolve_model_dir(model: str) -> Path:
     except Exception:
         raise ModelNotFoundError(
             f"{model} is neither a local directory nor a model in the local Hugging Face cache. "
-            f"planforge never downloads at run time: run `huggingface-cli download {model}` on a machine "
+            f"planforge never downloads at run time: run `hf download {model}` on a machine "
             "with network access first, or pass a local model directory."
         ) from None
 
@@ -86,15 +87,47 @@ def load_model(model_dir: Path):
 
     hf_logging.disable_progress_bar()  # planforge shows its own progress
     refuse_model_code(model_dir)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would print what the checks below refuse
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
-                                                     trust_remote_code=False)
+        with warnings.catch_warnings():  # torch.load's advice to unpickle anyway is not ours to give
+            warnings.simplefilter("ignore")
+            model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
+                                                               trust_remote_code=False, output_loading_info=True)
     except OSError as exc:
         raise ModelNotFoundError(
             f"cannot load the weights in {model_dir}: {exc}. The directory needs model.safetensors "
             "(or pytorch_model.bin) next to config.json."
         ) from None
+    except Exception as exc:  # noqa: BLE001 (safetensors, pickle and torch raise their own types)
+        raise CheckpointError(_unreadable_weights(model_dir, exc)) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _check_complete(model_dir, info)
     return model.eval()
+
+
+def _unreadable_weights(model_dir: Path, exc: Exception) -> str:
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return (f"the weights in {model_dir} are a pickle holding more than tensors, which planforge never "
+                "unpickles (it could run code). Use a checkpoint saved as model.safetensors "
+                "(`model.save_pretrained(DIR)` writes one).")
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return (f"the weights in {model_dir} cannot be read ({first}): the file is truncated or corrupt. "
+            "Copy or download the checkpoint again.")
+
+
+def _check_complete(model_dir: Path, info: dict) -> None:
+    """Refuses a checkpoint that lacks tensors (transformers would fill them with random values)."""
+    missing, mismatched = sorted(info.get("missing_keys") or []), list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        names = missing + [str(m[0] if isinstance(m, (tuple, list)) else m) for m in mismatched]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        what = "lacks" if missing else "has wrongly shaped"
+        raise CheckpointError(f"the checkpoint in {model_dir} {what} {len(names)} tensor(s) the config needs "
+                              f"({shown}); exporting would fill them with random values. Use a complete checkpoint.")
 
 
 def merge_lora(model, adapter_dir: Path):

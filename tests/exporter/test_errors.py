@@ -35,7 +35,7 @@ def test_directory_without_config(tmp_path):
 
 def test_uncached_hub_id_is_not_downloaded(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    with pytest.raises(ModelNotFoundError, match="never downloads"):
+    with pytest.raises(ModelNotFoundError, match="never downloads at run time: run `hf download some-org"):
         export("some-org/some-model-that-is-not-cached", tmp_path / "out")
 
 
@@ -245,3 +245,43 @@ def test_outputs_follow_the_umask_and_stale_partials_of_live_writers_stay(tiny_m
         os.umask(previous)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert live.exists() and not dead.exists()
+
+
+def _broken_checkpoint(tiny_model, tmp_path, how: str) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    source = tmp_path / how
+    shutil.copytree(tiny_model("llama")[0], source)
+    weights = source / "model.safetensors"
+    if how == "missing":
+        tensors = load_file(weights)
+        tensors.pop("model.layers.0.mlp.down_proj.weight")
+        save_file(tensors, weights, metadata={"format": "pt"})
+    elif how == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    else:  # a pickle whose loading would run a command
+        weights.unlink()
+        marker = tmp_path / "ran"
+        (source / "pytorch_model.bin").write_bytes(
+            b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    return source
+
+
+@pytest.mark.parametrize("how, match", [
+    ("missing", r"lacks 1 tensor\(s\) the config needs \(model\.layers\.0\.mlp\.down_proj\.weight\); exporting "
+                "would fill them with random values"),
+    ("truncated", "cannot be read .*truncated or corrupt"),
+    ("pickle", "a pickle holding more than tensors, which planforge never unpickles"),
+])
+def test_a_broken_checkpoint_is_refused_in_one_line(tiny_model, tmp_path, how, match):
+    from planforge.errors import CheckpointError
+
+    source = _broken_checkpoint(tiny_model, tmp_path, how)
+    with pytest.raises(CheckpointError, match=match):
+        export(str(source), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ran").exists()
+    result = subprocess.run([sys.executable, "-m", "planforge.cli.app", "export", str(source), "-o",
+                             str(tmp_path / "out"), "-q"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "weights_only" not in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
