@@ -37,7 +37,12 @@ class Dims:
     max_seq_len: int
 
     def __post_init__(self):
-        assert self.num_heads % self.num_kv_heads == 0, "GQA needs num_heads divisible by num_kv_heads"
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise CompiledModelError(f"dims.{name} is {value!r}; it must be a positive integer")
+        if self.num_heads % self.num_kv_heads:
+            raise CompiledModelError(f"dims.num_heads {self.num_heads} is not a multiple of dims.num_kv_heads "
+                                     f"{self.num_kv_heads}")
 
 
 @dataclass
@@ -81,7 +86,10 @@ class Manifest:
                 f"Create one with `planforge export MODEL -o {directory}`."
             )
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("dims"), dict):
+                raise CompiledModelError(f"{path} is not a planforge manifest (a JSON object with dims). "
+                                         "Re-export the model.")
             if data.get("format_version") != constants.FORMAT_VERSION:
                 raise CompiledModelError(
                     f"{path} has format_version {data.get('format_version')}, this planforge reads "
@@ -89,7 +97,11 @@ class Manifest:
                 )
             data["dims"] = Dims(**data["dims"])
             return cls(**data)
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        except CompiledModelError as exc:
+            if str(exc).startswith(str(path)):
+                raise
+            raise CompiledModelError(f"{path} is corrupt: {exc}. Re-export the model.") from None
+        except (ValueError, TypeError, KeyError) as exc:  # bad JSON or UTF-8, unknown or missing fields
             raise CompiledModelError(f"{path} is corrupt ({exc}). Re-export the model.") from None
 
     def set_streaming(self, settings: dict) -> None:
@@ -106,6 +118,31 @@ class Manifest:
     @property
     def kv_numpy_dtype(self) -> str:
         return KV_NUMPY_DTYPES[self.dtype]
+
+
+def check_graph_inputs(manifest: Manifest, graph_inputs: dict, where: Path) -> None:
+    """Refuses a manifest whose I/O contract is not the graph's (an edited planforge.json): the input
+    names, and the fixed dims of each input, as ``{name: [dim or None, ...]}`` from the loaded graph."""
+    expected = {entry["name"]: entry["shape"] for entry in manifest.io.get("inputs", [])}
+    if set(expected) != set(graph_inputs):
+        extra, missing = sorted(set(graph_inputs) - set(expected)), sorted(set(expected) - set(graph_inputs))
+        raise CompiledModelError(
+            f"{where}/{constants.MANIFEST_FILE} does not describe its {constants.MODEL_FILE}: the graph has inputs "
+            f"{extra[:3] or 'none'} the manifest lacks, and lacks {missing[:3] or 'none'}. Re-export the model.")
+    d = manifest.dims
+    keys = [dims for name, dims in graph_inputs.items() if name.endswith(".key")]
+    if len(keys) != d.num_layers or any(k[1] not in (None, d.num_kv_heads) or k[3] not in (None, d.head_dim)
+                                        for k in keys):
+        raise CompiledModelError(
+            f"{where}/{constants.MANIFEST_FILE} gives {d.num_layers} layers of {d.num_kv_heads} KV heads x "
+            f"{d.head_dim}; the graph's cache inputs are {len(keys)} of {keys[0][1] if keys else '?'} x "
+            f"{keys[0][3] if keys else '?'}. Re-export the model.")
+    for name, dims in graph_inputs.items():
+        for declared, actual in zip(expected[name], dims):
+            if isinstance(declared, int) and isinstance(actual, int) and declared != actual:
+                raise CompiledModelError(
+                    f"{where}/{constants.MANIFEST_FILE} gives {name} the shape {expected[name]}, the graph "
+                    f"{list(dims)}. Re-export the model.")
 
 
 def model_file_bytes(directory: Path) -> int:

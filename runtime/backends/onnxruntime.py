@@ -25,7 +25,7 @@ import numpy as np
 
 from planforge import constants
 from planforge.errors import BackendUnavailableError, CompiledModelError, ContribOpUnavailableError
-from planforge.manifest import Manifest
+from planforge.manifest import Manifest, check_graph_inputs
 from planforge.runtime.backends.base import Backend
 from planforge.runtime.backends.registry import register_backend
 
@@ -102,6 +102,8 @@ class OnnxRuntimeBackend(Backend):
         if not model_path.is_file():
             raise CompiledModelError(f"{self.model_dir} has no {constants.MODEL_FILE}. Re-export the model.")
         self._session = _load_session(model_path, device, threads, manifest)
+        check_graph_inputs(manifest, {i.name: [d if isinstance(d, int) else None for d in i.shape]
+                                      for i in self._session.get_inputs()}, self.model_dir)
         dims = manifest.dims
         self._past_names = [name for i in range(dims.num_layers)
                             for name in (constants.past_key(i), constants.past_value(i))]

@@ -30,7 +30,7 @@ import numpy as np
 
 from planforge import constants
 from planforge.errors import BackendUnavailableError, CompiledModelError
-from planforge.manifest import Manifest
+from planforge.manifest import Manifest, check_graph_inputs
 from planforge.runtime.backends.base import Backend
 from planforge.runtime.backends.registry import register_backend
 
@@ -90,6 +90,7 @@ class TorchBackend(Backend):
 
             check_op_versions(manifest.plugin_ops)
         self._graph = TorchGraph(model_path, device)
+        check_graph_inputs(manifest, self._graph.input_shapes, self.model_dir)
         self._kv_dtype = getattr(torch, _TORCH_KV_DTYPES[manifest.dtype])
         self._in_place = "kv_cache" in manifest.io
         self._graphed = None  # decode steps of the lowered contract on CUDA replay a captured graph

@@ -179,6 +179,8 @@ class TorchGraph:
                 f"{path} uses {', '.join(missing)}, which the torch backend cannot run. Run this model with "
                 "--backend onnxruntime, or lower the portable model for torch with `planforge build --target torch`.")
         self.input_names = [i.name for i in model.graph.input]
+        self.input_shapes = {i.name: [d.dim_value if d.HasField("dim_value") else None
+                                      for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
         self.output_names = [o.name for o in model.graph.output]
         self._body = _Body(model.graph, device, keep=set(self.input_names) | (keep_inputs or set()))
 
