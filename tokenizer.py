@@ -51,7 +51,12 @@ class Tokenizer:
             raise TokenizerMissingError(
                 f"{model_dir} has no {TOKENIZER_FILE}, so it cannot take text. Pass token ids, or export "
                 "from a model directory that holds a fast tokenizer (tokenizer.json).")
-        self._tokenizer = HFTokenizer.from_file(str(path))
+        try:
+            self._tokenizer = HFTokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 (tokenizers raises a bare Exception for a bad file)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TokenizerMissingError(f"{path} is not a tokenizer file the tokenizers library can read "
+                                        f"({first}). Re-export the model, or copy tokenizer.json again.") from None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids

@@ -64,6 +64,18 @@ def _runner(path: Path, options: CompareOptions):
     return TransformersRunner(path, options.decode_steps)
 
 
+def _max_seq_len(path: Path) -> int:
+    """Positions a model holds: the compiled model's max_seq_len, the source's trained positions."""
+    import json
+
+    if _model_kind(path) == "compiled":
+        from planforge.manifest import Manifest
+
+        return Manifest.load(path).dims.max_seq_len
+    config = json.loads((path / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or config.get("n_positions") or 1 << 30)
+
+
 def _vocab_and_tokenizer(path: Path):
     from planforge.tokenizer import TOKENIZER_FILE, Tokenizer
 
@@ -87,11 +99,19 @@ def build_feeds(a: Path, b: Path, options: CompareOptions) -> list[dict]:
                               "a compiled model with the model it was exported from.")
     if not options.prompts:
         raise ComparisonError("no prompts to compare on; give at least one --prompt.")
+    if options.decode_steps < 0:
+        raise ComparisonError(f"--decode-steps {options.decode_steps}: give 0 or more steps.")
     rng = np.random.default_rng(options.seed)
     tokenizer = tok_a or tok_b
+    limit = min(_max_seq_len(a), _max_seq_len(b))
     feeds = []
-    for prompt in options.prompts:
+    for i, prompt in enumerate(options.prompts):
         ids = tokenizer.encode(prompt) if tokenizer else rng.integers(0, vocab_a, options.random_prompt_tokens).tolist()
+        if len(ids) + options.decode_steps > limit:
+            raise ComparisonError(
+                f"prompt {i} has {len(ids)} tokens; with {options.decode_steps} decode steps it needs "
+                f"{len(ids) + options.decode_steps} positions, and the models hold {limit}. Shorten the prompt or "
+                "use fewer --decode-steps.")
         ids += rng.integers(0, vocab_a, options.decode_steps).tolist()
         feeds.append({constants.INPUT_IDS: np.array([ids], dtype=np.int64)})
     return feeds

@@ -74,8 +74,14 @@ class Generator:
         self.cache_slots: Optional[int] = streaming["cache_slots"] if streaming else None  # None: the cache grows
 
     def check_prompts(self, prompts: Sequence[Sequence[int]]) -> None:
-        if not prompts:
-            raise InvalidPromptError("no prompts were given.")
+        if isinstance(prompts, (str, bytes)) or not prompts:
+            raise InvalidPromptError("no prompts were given." if not prompts else
+                                     "prompts are lists of token ids, one list per prompt; encode text first: "
+                                     "`[Tokenizer(model_dir).encode(text)]`.")
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, (str, bytes)) or not all(isinstance(t, (int, np.integer)) for t in prompt):
+                raise InvalidPromptError(f"prompt {i} is not a list of token ids; encode text first: "
+                                         "`Tokenizer(model_dir).encode(text)`.")
         vocab, limit = self.manifest.dims.vocab_size, self.manifest.dims.max_seq_len
         if self.cache_slots is not None and len({len(p) for p in prompts}) > 1:
             raise InvalidPromptError(

@@ -41,6 +41,8 @@ CASES = {
     "compare --decode-steps -3": (["compare", "{model}", "{model}", "--decode-steps", "-3"], "--decode-steps"),
     "optimize --sink-tokens without --streaming": (["optimize", "{model}", "-o", "{out}", "--quant", "none",
                                                     "--sink-tokens", "8"], "add --streaming"),
+    "compare prompt longer than the models": (["compare", "{model}", "{model}", "--prompt", "word " * 300],
+                                              "positions, and the models hold 256"),
     "optimize too many sinks": (["optimize", "{model}", "-o", "{out}", "--streaming", "--sink-tokens", "200"],
                                 "--sink-tokens 200 leaves no room"),
 }
@@ -56,3 +58,15 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, files, tmp_p
     assert proc.returncode == 2, stderr
     assert message in stderr and "Traceback" not in stderr, stderr
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_corrupt_tokenizer_is_one_line(tiny_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model("llama")[1], model)
+    (model / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "nonsense"}')
+    proc = planforge("run", model, "--prompt", "hello", "--max-new-tokens", "2")
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    assert "is not a tokenizer file the tokenizers library can read" in stderr, stderr

@@ -82,3 +82,12 @@ def test_bad_prompts_get_specific_errors(tiny_model):
         generator.generate([[]])
     with pytest.raises(InvalidPromptError, match="vocabulary"):
         generator.generate([[1, 99999]])
+
+
+@pytest.mark.parametrize("prompts", ["hello", ["hello"], [[1, 2], "x"], [[1.5, 2]]])
+def test_text_where_token_ids_belong_is_refused(tiny_model, prompts):
+    from planforge.errors import InvalidPromptError
+    from planforge.runtime import Generator, open_backend
+
+    with pytest.raises(InvalidPromptError, match="encode text first"):
+        Generator(open_backend(tiny_model("llama")[1])).generate(prompts)
