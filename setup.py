@@ -22,8 +22,14 @@ SUBPACKAGE_ROOTS = ["exporter", "graph_passes", "plugins", "runtime", "compare",
 subpackages = find_packages(
     where=".", include=[f"{root}*" for root in SUBPACKAGE_ROOTS] + SUBPACKAGE_ROOTS
 )
+# The reference model `planforge demo` runs by default ships inside the package, so an installed
+# wheel finds it where a checkout has it (planforge/samples/reference_model).
+REFERENCE_MODEL_FILES = [f"samples/reference_model/{pattern}" for pattern in
+                         ("*.json", "*.safetensors", "heldout.txt", "accuracy.jsonl", "README.md")]
+
 setup(
     cmdclass={"build_py": BuildPyWithoutSetupScript},
     package_dir={"planforge": "."},
     packages=["planforge"] + [f"planforge.{name}" for name in subpackages],
+    package_data={"planforge": REFERENCE_MODEL_FILES},
 )

@@ -48,7 +48,7 @@ def _planforge_tokens(directory, ids, new_tokens=NEW_TOKENS):
 @pytest.fixture(scope="module")
 def variants(tiny_model, tmp_path_factory):
     """Every portable and lowered form of the tiny Llama, by name."""
-    from tests.conftest import CORPUS
+    from support import CORPUS
     from tests.graph_passes.test_contextual_sparsity import make_predictor
 
     root = tmp_path_factory.mktemp("genai")

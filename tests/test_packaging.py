@@ -43,3 +43,18 @@ def test_no_generic_top_level_modules_are_installed():
     dist = distribution("planforge")
     top_level = (dist.read_text("top_level.txt") or "").split()
     assert top_level in ([], ["planforge"]), top_level
+
+
+def test_the_wheel_ships_the_reference_model_the_demo_runs(tmp_path):
+    """`pip install .` (not editable) must still find samples/reference_model (evaluation/demo.py)."""
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("planforge-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "heldout.txt",
+                 "accuracy.jsonl", "generation_config.json"):
+        assert f"planforge/samples/reference_model/{name}" in names, name
+    assert "planforge/setup.py" not in names and not any(n.startswith("tests/") for n in names)

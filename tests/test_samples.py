@@ -20,7 +20,7 @@ def test_bench_runtime_runs_and_checks_tokens(tiny_model):
 
 @pytest.fixture
 def stream_text(tmp_path):
-    from tests.conftest import CORPUS
+    from support import CORPUS
 
     path = tmp_path / "stream.txt"
     path.write_text(CORPUS * 3)
@@ -52,7 +52,7 @@ def test_bench_streaming_keeps_the_streaming_cache_constant(tiny_model, stream_t
 
 
 def test_sparsity_results_refuses_cuda_without_a_gpu():
-    from tests.conftest import _cuda_available
+    from support import cuda_available as _cuda_available
 
     if _cuda_available():
         pytest.skip("CUDA is available: --device cuda would start the full run")
@@ -76,7 +76,7 @@ def test_bench_peers_builds_both_sides_and_prints_the_table(tiny_model, tmp_path
     """samples/bench_peers.py end to end on the tiny Llama: ORT-GenAI's own builds, every planforge variant."""
     import shutil
 
-    from tests.conftest import CORPUS
+    from support import CORPUS
 
     source = tmp_path / "hf"
     shutil.copytree(tiny_model("llama")[0], source)

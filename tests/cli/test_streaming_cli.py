@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import CORPUS
+from support import CORPUS
 
 
 def planforge(*args, stdin=None):

@@ -152,7 +152,7 @@ def test_unmappable_block_stays_portable_and_says_why():
 # ------------------------------------------------------------------------------------------- whole models
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
-    from tests.conftest import CORPUS
+    from support import CORPUS
 
     path = tmp_path_factory.mktemp("calib") / "calib.txt"
     path.write_text(CORPUS)

@@ -24,7 +24,7 @@ def planforge(*args):
 
 @pytest.fixture(scope="module")
 def calib_text(tmp_path_factory):
-    from tests.conftest import CORPUS
+    from support import CORPUS
 
     path = tmp_path_factory.mktemp("calib") / "calib.txt"
     path.write_text(CORPUS)

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_results_script_prints_the_table(tiny_model, tmp_path):
-    from tests.conftest import CORPUS
+    from support import CORPUS
 
     (tmp_path / "text.txt").write_text(CORPUS)
     items = [{"context": "The quick brown fox jumps over the", "choices": [" lazy dog", " key value"], "label": 0}] * 2

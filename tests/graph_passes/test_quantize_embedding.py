@@ -50,7 +50,7 @@ def test_quantize_table_is_bit_exact_vs_loop_reference(storage, shape):
 
 def _tied_llama(tmp_path):
     from planforge.exporter.api import ExportOptions, export
-    from tests.conftest import save_random_model
+    from support import save_random_model
 
     source = save_random_model("llama", tmp_path / "hf", tie_word_embeddings=True, hidden_size=160,
                                num_attention_heads=4, head_dim=40)
@@ -98,7 +98,7 @@ def test_tied_int4_table_serves_lookup_and_lm_head(tmp_path):
     assert sorted(readers) == ["Gather", "Transpose"]  # the lookup and the tied LM head
     # 160 hidden = blocks of 64, 64, 32: the partial last block is covered too
     _logits_match_reference(source, out, bits=4, group=64, tied=True)
-    from tests.conftest import VOCAB
+    from support import VOCAB
 
     table_bytes = VOCAB * 160 * 4  # fp32
     saved = model_file_bytes(compiled) - model_file_bytes(out)

@@ -23,7 +23,7 @@ def planforge(*args):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tests.conftest import CORPUS, save_random_model
+    from support import CORPUS, save_random_model
 
     root = tmp_path_factory.mktemp("sparsity_cli")
     save_random_model("llama", root / "hf")

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_train_script_and_results_table(tmp_path):
-    from tests.conftest import CORPUS, save_random_model
+    from support import CORPUS, save_random_model
 
     model = save_random_model("llama", tmp_path / "hf")
     (model / "heldout.txt").write_text(CORPUS * 4)
