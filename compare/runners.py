@@ -96,11 +96,13 @@ class TransformersRunner(_TeacherForcedRunner):
     def step_through(self, prompt, forced):
         import torch
 
+        from planforge.exporter.loading import forward
+
         with torch.no_grad():
             out = self.model(input_ids=torch.from_numpy(prompt), use_cache=True)
             outputs = [out.logits.float().numpy()]
             for token in forced:
-                out = self.model(input_ids=torch.tensor([[int(token)]]), past_key_values=out.past_key_values,
-                                 use_cache=True)
+                out = forward(self.model, input_ids=torch.tensor([[int(token)]]), past_key_values=out.past_key_values,
+                              use_cache=True)
                 outputs.append(out.logits.float().numpy())
         return outputs

@@ -153,6 +153,8 @@ class TransformersScorer:
         """Same shared-prefix scheme as the compiled scorer, on transformers' own KV cache."""
         import torch
 
+        from planforge.exporter.loading import forward
+
         longest = max(len(c) for c in continuations)
         context = torch.from_numpy(context[-(self.context_length - longest):].astype(np.int64))[None]  # (1, C)
         batch = torch.from_numpy(right_pad(continuations))  # (N, Lc)
@@ -161,7 +163,7 @@ class TransformersScorer:
             first = _log_softmax(out.logits[0, -1].float().numpy())  # (V,)
             cache = out.past_key_values
             cache.batch_repeat_interleave(len(continuations))
-            logits = self.model(input_ids=batch, past_key_values=cache, use_cache=True).logits.float().numpy()
+            logits = forward(self.model, input_ids=batch, past_key_values=cache, use_cache=True).logits.float().numpy()
         return _continuation_scores(first, logits, continuations)
 
 

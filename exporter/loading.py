@@ -156,3 +156,11 @@ def load_tokenizer(model_dir: Path):
     except Exception:
         return None
     return tokenizer if getattr(tokenizer, "is_fast", False) else None
+
+
+def forward(model, **inputs):
+    """``model(**inputs)`` without transformers' FutureWarning about renaming ``past_key_values``: the old name
+    is the one every supported transformers version takes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        return model(**inputs)

@@ -47,10 +47,16 @@ def test_no_generic_top_level_modules_are_installed():
 
 def test_the_wheel_ships_the_reference_model_the_demo_runs(tmp_path):
     """`pip install .` (not editable) must still find samples/reference_model (evaluation/demo.py)."""
+    import shutil
     import zipfile
 
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    had_build = (ROOT / "build").exists()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                               str(ROOT)], capture_output=True, text=True, timeout=600)
+    finally:
+        if not had_build:  # setuptools builds in the tree; a stale build/lib would feed later wheels
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("planforge-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
