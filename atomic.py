@@ -12,6 +12,7 @@ The output gets the permissions the umask allows, like any directory the user ma
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -19,13 +20,23 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from planforge.errors import OutputExistsError
+from planforge.errors import OutputExistsError, OutputWriteError
 
 PARTIAL_MARK = ".partial-"
 
 
 class Terminated(BaseException):
     """Raised in place of SIGTERM while an atomic write is in progress."""
+
+
+# What a failed write means to the user, and what to do about it.
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "free space on that disk, or choose another -o.",
+    errno.EDQUOT: "free space within your quota, or choose another -o.",
+    errno.EACCES: "choose an -o you may write to.",
+    errno.EPERM: "choose an -o you may write to.",
+    errno.EROFS: "that file system is read-only; choose another -o.",
+}
 
 
 def _raise_terminated(signum, frame):
@@ -104,18 +115,24 @@ def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
     """Yields an empty temporary directory that becomes ``out`` when the block succeeds."""
     out = Path(out).absolute()
     refuse_existing(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}{os.getpid()}-", dir=out.parent))
-    tmp.chmod(_umask_mode())  # mkdtemp makes it 0700
+    tmp = None
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if _in_main_thread() else None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}{os.getpid()}-", dir=out.parent))
+        tmp.chmod(_umask_mode())  # mkdtemp makes it 0700
         yield tmp
         _move_into_place(tmp, out)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise OutputWriteError(f"cannot write {out}: {os.strerror(exc.errno)}. Nothing was written; "
+                               f"{_WRITE_ERRNOS[exc.errno]}") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 

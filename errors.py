@@ -33,6 +33,10 @@ class OutputExistsError(PlanforgeError):
     """The output directory already exists and --force was not given."""
 
 
+class OutputWriteError(PlanforgeError):
+    """The output could not be written (disk full, no permission, read-only file system); nothing was left."""
+
+
 class CompiledModelError(PlanforgeError):
     """A compiled model directory is missing files, or its model.onnx is corrupt or truncated."""
 

@@ -37,11 +37,17 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def main() -> None:
     # Usage errors, --help and typer.Exit are handled by click (standalone mode, exit 2 for usage);
     # planforge's own errors become one red line and exit 2.
+    from planforge.atomic import Terminated
+
     try:
         app()
     except PlanforgeError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except (KeyboardInterrupt, Terminated) as stop:  # outputs are atomic: whatever was half-written is gone
+        signal_name = "SIGINT" if isinstance(stop, KeyboardInterrupt) else "SIGTERM"
+        typer.secho(f"error: stopped by {signal_name}; no partial output was left.", fg=typer.colors.RED, err=True)
+        sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)
 
 
 if __name__ == "__main__":

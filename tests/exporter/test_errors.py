@@ -108,11 +108,15 @@ _SLOW_EXPORT = textwrap.dedent("""
 def test_killed_export_leaves_no_partial_output(sig, tiny_model, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_EXPORT, str(tiny_model("llama")[0]), str(out)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "WROTE"
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert not out.exists()
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr, stderr
+    if sig == signal.SIGTERM:  # one line, and the shell's status for the signal (click handles Ctrl-C itself)
+        assert "stopped by SIGTERM; no partial output was left" in stderr and proc.returncode == 143, stderr
     leftovers = [p.name for p in tmp_path.iterdir()]
     if sig == signal.SIGKILL:  # nothing can run on SIGKILL: only a hidden partial sibling may remain
         assert all(name.startswith(".out.partial-") for name in leftovers)
@@ -285,3 +289,24 @@ def test_a_broken_checkpoint_is_refused_in_one_line(tiny_model, tmp_path, how, m
                              str(tmp_path / "out"), "-q"], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "weights_only" not in result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EACCES", "EROFS"])
+def test_a_failed_write_is_one_line_and_leaves_nothing(tiny_model, tmp_path, monkeypatch, errno_name):
+    import errno
+    import os
+
+    import onnx
+
+    from planforge.errors import OutputWriteError
+
+    code = getattr(errno, errno_name)
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(onnx, "save_model", fail)
+    monkeypatch.setattr(onnx, "save", fail)
+    with pytest.raises(OutputWriteError, match=f"cannot write .*out: {os.strerror(code)}. Nothing was written"):
+        export(str(tiny_model("llama")[0]), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
