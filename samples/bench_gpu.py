@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 REFERENCE = Path(__file__).resolve().parent / "reference_model"
+W4A4_NAME = "planforge torch backend W4A4 (QUIK, fp16, lowered, CUDA graphs)"
 DECODE_STEPS = 32
 
 
@@ -85,6 +86,7 @@ def make_llama_7b_shape(directory: Path, layers: int) -> Path:
 
 
 def compile_model(source: Path, work: Path) -> Path:
+    """bf16 export, lowered for torch."""
     from planforge.exporter.api import ExportOptions, export
     from planforge.graph_passes.api import OptimizeOptions, optimize
 
@@ -93,6 +95,24 @@ def compile_model(source: Path, work: Path) -> Path:
         export(str(source), portable, ExportOptions(dtype="bf16"))
     if not lowered.exists():
         optimize(portable, lowered, OptimizeOptions(target="torch"))
+    return lowered
+
+
+def compile_w4a4(source: Path, work: Path) -> Path:
+    """fp16 export, W4A4 (QUIK; INT8 down_proj; RTN, no outlier columns: random weights need no calibration
+    for a speed measurement), lowered for torch: QuikQuantize/QuikMatMul plus the fused attention."""
+    from planforge.exporter.api import ExportOptions, export
+    from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.graph_passes.schemes import QuantOptions
+
+    fp16, quantized, lowered = work / "fp16", work / "w4a4", work / "w4a4_lowered"
+    if not fp16.exists():
+        export(str(source), fp16, ExportOptions(dtype="fp16"))
+    if not quantized.exists():
+        optimize(fp16, quantized, OptimizeOptions(quant=QuantOptions("w4a4", outliers="0", clip_search=False),
+                                                  embedding="float", target="portable"))
+    if not lowered.exists():
+        optimize(quantized, lowered, OptimizeOptions(target="torch"))
     return lowered
 
 
@@ -134,7 +154,8 @@ class HFSide:
 class PlanforgeSide:
     name = "planforge torch backend bf16 (lowered, CUDA graphs)"
 
-    def __init__(self, lowered: Path):
+    def __init__(self, lowered: Path, name: str = ""):
+        self.name = name or self.name
         from planforge.runtime import open_backend
 
         self.backend = open_backend(lowered, "torch", device="cuda")
@@ -193,6 +214,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--layers", type=int, default=8, help="Layers of the 7B-shaped model (of 32).")
     parser.add_argument("--quick", action="store_true", help="1k context only, 2 repetitions.")
+    parser.add_argument("--no-w4a4", action="store_true", help="Skip the W4A4 (QUIK) rows.")
     parser.add_argument("--profile-prefill", action="store_true",
                         help="Only profile one 2k prefill of the 7B-shaped model on planforge (torch.profiler table).")
     args = parser.parse_args()
@@ -208,18 +230,27 @@ def main() -> None:
     }
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "decode_steps": DECODE_STEPS,
                "models": {}}
+    from planforge.manifest import model_file_bytes
+
     for label, (source, vocab, contexts, prefill_len) in models.items():
         t0 = time.time()
-        lowered = compile_model(source, args.work / label.split()[0])
+        work = args.work / label.split()[0]
+        lowered = compile_model(source, work)
+        w4a4 = compile_w4a4(source, work) if not args.no_w4a4 else None
         print(f"[{label}] exported and lowered in {time.time() - t0:.0f} s", flush=True)
         rows = {}
-        for side_cls, arg in ((HFSide, source), (PlanforgeSide, lowered)):
-            side = side_cls(arg)
+        sides = [lambda: HFSide(source), lambda: PlanforgeSide(lowered)]
+        if w4a4 is not None:
+            sides.append(lambda: PlanforgeSide(w4a4, W4A4_NAME))
+        for make in sides:
+            side = make()
             rows[side.name] = measure(side, vocab, contexts, [1, 16], prefill_len, reps)
             print(f"[{label}] {side.name}: {json.dumps(rows[side.name])}", flush=True)
             del side
             torch.cuda.empty_cache()
         results["models"][label] = rows
+        results.setdefault("weights_mb", {})[label] = {
+            "bf16": model_file_bytes(lowered) / 1e6, **({"w4a4": model_file_bytes(w4a4) / 1e6} if w4a4 else {})}
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     print_table(results)
@@ -245,16 +276,21 @@ def profile_prefill(lowered: Path) -> None:
 
 
 def print_table(results: dict) -> None:
-    print(f"\n{results['device']}, torch {results['torch']}; medians; ratio = planforge / transformers, same run")
+    print(f"\n{results['device']}, torch {results['torch']}; medians of the same run; bf16 ratio = planforge bf16 / "
+          "transformers bf16; W4A4 ratio = W4A4 / planforge bf16")
     for label, rows in results["models"].items():
-        hf, pf = rows[HFSide.name], rows[PlanforgeSide.name]
-        print(f"\n{label}\n| metric | transformers | planforge | ratio |\n|---|---|---|---|")
+        hf, pf, q = rows[HFSide.name], rows[PlanforgeSide.name], rows.get(W4A4_NAME, {})
+        print(f"\n{label}\n| metric | transformers bf16 | planforge bf16 | bf16 ratio | planforge W4A4 | W4A4 ratio |"
+              "\n|---|---|---|---|---|---|")
         for key in hf:
-            a, b = hf[key], pf.get(key)
-            if a is None or b is None:
-                continue
-            ratio = f"{b / a:.2f}x" if not key.startswith(("peak", "watts")) else f"{b / a:.2f}"
-            print(f"| {key} | {a:.1f} | {b:.1f} | {ratio} |")
+            a, b, c = hf[key], pf.get(key), q.get(key)
+            cells = [f"{v:.1f}" if v is not None else "-" for v in (a, b, c)]
+            ratio = lambda x, y: f"{x / y:.2f}" if x is not None and y else "-"  # noqa: E731
+            print(f"| {key} | {cells[0]} | {cells[1]} | {ratio(b, a)} | {cells[2]} | {ratio(c, b)} |")
+        sizes = results.get("weights_mb", {}).get(label, {})
+        if "w4a4" in sizes:
+            print(f"| model file MB | - | {sizes['bf16']:.0f} | - | {sizes['w4a4']:.0f} | "
+                  f"{sizes['w4a4'] / sizes['bf16']:.2f} |")
 
 
 if __name__ == "__main__":
