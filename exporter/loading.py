@@ -115,19 +115,30 @@ def _unreadable_weights(model_dir: Path, exc: Exception) -> str:
                 "unpickles (it could run code). Use a checkpoint saved as model.safetensors "
                 "(`model.save_pretrained(DIR)` writes one).")
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "ignore_mismatched_sizes" in first:  # transformers refuses tensors shaped unlike the config
+        return (f"the checkpoint in {model_dir} has tensors whose shapes do not match its config.json. Use the "
+                "checkpoint this config belongs to.")
     return (f"the weights in {model_dir} cannot be read ({first}): the file is truncated or corrupt. "
             "Copy or download the checkpoint again.")
 
 
 def _check_complete(model_dir: Path, info: dict) -> None:
-    """Refuses a checkpoint that lacks tensors (transformers would fill them with random values)."""
-    missing, mismatched = sorted(info.get("missing_keys") or []), list(info.get("mismatched_keys") or [])
-    if missing or mismatched:
-        names = missing + [str(m[0] if isinstance(m, (tuple, list)) else m) for m in mismatched]
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        what = "lacks" if missing else "has wrongly shaped"
-        raise CheckpointError(f"the checkpoint in {model_dir} {what} {len(names)} tensor(s) the config needs "
-                              f"({shown}); exporting would fill them with random values. Use a complete checkpoint.")
+    """Refuses a checkpoint that lacks tensors (transformers would fill them with random values), has them in
+    another shape, or holds tensors the config has no place for (a checkpoint of another model)."""
+    problems = [
+        ("lacks", sorted(info.get("missing_keys") or []), "the config needs; exporting would fill them with random "
+         "values. Use a complete checkpoint."),
+        ("has wrongly shaped", [str(m[0] if isinstance(m, (tuple, list)) else m)
+                                for m in info.get("mismatched_keys") or []],
+         "for its config; exporting would replace them with random values. Use the checkpoint this config "
+         "belongs to."),
+        ("has", sorted(info.get("unexpected_keys") or []), "its config has no place for (a checkpoint of another "
+         "model?). Use the checkpoint this config belongs to."),
+    ]
+    for what, names, why in problems:
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise CheckpointError(f"the checkpoint in {model_dir} {what} {len(names)} tensor(s) ({shown}) {why}")
 
 
 def merge_lora(model, adapter_dir: Path):

@@ -257,9 +257,16 @@ def _broken_checkpoint(tiny_model, tmp_path, how: str) -> Path:
     source = tmp_path / how
     shutil.copytree(tiny_model("llama")[0], source)
     weights = source / "model.safetensors"
-    if how == "missing":
+    if how in ("missing", "unexpected", "misshaped"):
+        import torch
+
         tensors = load_file(weights)
-        tensors.pop("model.layers.0.mlp.down_proj.weight")
+        if how == "missing":
+            tensors.pop("model.layers.0.mlp.down_proj.weight")
+        elif how == "unexpected":
+            tensors["model.layers.9.mlp.down_proj.weight"] = torch.zeros(4, 4)
+        else:
+            tensors["model.layers.0.mlp.down_proj.weight"] = torch.zeros(4, 4)
         save_file(tensors, weights, metadata={"format": "pt"})
     elif how == "truncated":
         data = weights.read_bytes()
@@ -273,8 +280,10 @@ def _broken_checkpoint(tiny_model, tmp_path, how: str) -> Path:
 
 
 @pytest.mark.parametrize("how, match", [
-    ("missing", r"lacks 1 tensor\(s\) the config needs \(model\.layers\.0\.mlp\.down_proj\.weight\); exporting "
+    ("missing", r"lacks 1 tensor\(s\) \(model\.layers\.0\.mlp\.down_proj\.weight\) the config needs; exporting "
                 "would fill them with random values"),
+    ("unexpected", r"has 1 tensor\(s\) \(model\.layers\.9\.mlp\.down_proj\.weight\) its config has no place for"),
+    ("misshaped", "has tensors whose shapes do not match its config.json"),
     ("truncated", "cannot be read .*truncated or corrupt"),
     ("pickle", "a pickle holding more than tensors, which planforge never unpickles"),
 ])

@@ -122,8 +122,8 @@ def test_a_cache_as_long_as_max_seq_len_streams_past_it(make_random_model, hf_mo
     generator, lengths = Generator(session), []
     forward = session.forward
 
-    def spy(*args):
-        logits, cache = forward(*args)
+    def spy(*args, **kwargs):
+        logits, cache = forward(*args, **kwargs)
         lengths.append(cache.length)
         return logits, cache
 
