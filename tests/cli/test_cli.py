@@ -99,3 +99,21 @@ def test_cli_reference_documents_every_option():
             for opt in getattr(param, "opts", []):
                 if opt.startswith("-"):
                     assert f"`{opt}`" in doc, f"docs/cli.md does not document planforge {name} {opt}"
+
+
+def test_cli_reference_lists_every_error_class():
+    import importlib
+    from pathlib import Path
+
+    from planforge.errors import PlanforgeError
+
+    for module in ("planforge.evaluation.accuracy", "planforge.graph_passes.streaming_attention",
+                   "planforge.graph_passes.schemes", "planforge.graph_passes.api", "planforge.cli.app"):
+        importlib.import_module(module)  # every module that defines an error class
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+
+    def classes(cls):
+        return [cls] + [c for sub in cls.__subclasses__() for c in classes(sub)]
+
+    missing = [c.__name__ for c in classes(PlanforgeError) if f"| `{c.__name__}` |" not in doc]
+    assert missing == [], f"docs/cli.md's error table lacks {missing}"
