@@ -49,7 +49,7 @@ def _planforge_tokens(directory, ids, new_tokens=NEW_TOKENS):
 def variants(tiny_model, tmp_path_factory):
     """Every portable and lowered form of the tiny Llama, by name."""
     from support import CORPUS
-    from tests.graph_passes.test_contextual_sparsity import make_predictor
+    from sparsity_support import make_predictor
 
     root = tmp_path_factory.mktemp("genai")
     exported = tiny_model("llama")[1]

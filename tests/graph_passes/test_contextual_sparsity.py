@@ -21,26 +21,12 @@ from planforge.graph_passes.schemes import QuantizationError, QuantOptions
 from planforge.manifest import Manifest
 from planforge.runtime import open_backend
 from planforge.sparsity.masking import layer0_attention_output, masked_logits, predicted_masks
-from planforge.sparsity.predictor import Predictor, PredictorHeader, expected_shapes
+
+from sparsity_support import make_predictor, run_steps
 
 ATOL_DENSE = 1e-5
 ATOL_REF = 1e-4
 KEEP_ALL = 0.001  # k = n for every layer width here: the whole machinery runs, nothing is skipped
-
-
-def make_predictor(dims, path, seed=0, hidden=16, kind="single", **header_overrides):
-    h = dict(kind=kind, criterion="plainact", num_layers=dims.num_layers, num_heads=dims.num_heads,
-             num_kv_heads=dims.num_kv_heads, hidden_size=dims.hidden_size, intermediate_size=dims.intermediate_size,
-             head_hidden=hidden, neuron_hidden=hidden)
-    header = PredictorHeader(**{**h, **header_overrides})
-    rng = np.random.default_rng(seed)
-    tensors = {k: rng.standard_normal(s).astype(np.float32) for k, s in expected_shapes(header).items()}
-    for name in tensors:
-        if name.endswith("input_std"):
-            tensors[name] = np.abs(tensors[name]) + 0.5
-    predictor = Predictor(header, tensors)
-    predictor.save(path)
-    return predictor
 
 
 def oracle_predictor(dims, path, head_scores, neuron_scores):
@@ -60,19 +46,6 @@ def sparsify(exported, out, predictor_path, heads, mlp, quant=None, target="port
     optimize(exported, out, OptimizeOptions(sparsity=SparsityOptions(heads, mlp, predictor_path), quant=quant,
                                             target=target, force=True))
     return out
-
-
-def run_steps(session, ids, prompt_len):
-    """Prefill ids[:, :prompt_len], then decode the rest one token at a time -> logits (B, S, V)."""
-    B, S = ids.shape
-    pos = np.tile(np.arange(S), (B, 1))
-    logits, cache = session.forward(ids[:, :prompt_len], np.ones((B, prompt_len), np.int64), pos[:, :prompt_len],
-                                    session.empty_cache(B))
-    steps = [logits]
-    for t in range(prompt_len, S):
-        step, cache = session.forward(ids[:, t:t + 1], np.ones((B, t + 1), np.int64), pos[:, t:t + 1], cache)
-        steps.append(step)
-    return np.concatenate(steps, axis=1)
 
 
 def assert_clear_cut(hf, predictor, ids, heads, mlp, rel_margin=1e-5):

@@ -26,7 +26,7 @@ from planforge.graph_passes.quantize_linears import QuantizeLinearsPass, build_q
 from planforge.graph_passes.schemes import LinearFormat, QuantOptions
 from planforge.manifest import Manifest
 from planforge.runtime import open_backend
-from tests.graph_passes.test_contextual_sparsity import make_predictor, run_steps
+from sparsity_support import make_predictor, run_steps
 
 K, N = 96, 40
 

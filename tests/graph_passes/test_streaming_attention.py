@@ -10,7 +10,7 @@ from planforge.graph_passes.streaming_attention import StreamingConfigError, Str
 from planforge.runtime import Backend, Generator, open_backend
 from planforge.runtime.generator import GenerationConfig
 from planforge.manifest import Manifest
-from tests.graph_passes.streaming_reference import streaming_logits
+from streaming_reference import streaming_logits
 
 SINKS, WINDOW = 2, 6  # 8 cache slots; the streams below are several times longer
 ATOL = 1e-4  # fp32 logits of the tiny models are O(1)

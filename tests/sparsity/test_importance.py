@@ -8,7 +8,7 @@ from planforge.errors import CalibrationDataError, ImportanceFileError
 from planforge.sparsity.importance import (calibration_windows, compute_importance, load_importance,
                                            read_calibration_text, save_importance, window_importance)
 from planforge.sparsity.masking import masked_logits
-from tests.sparsity.test_masking import F, H, L, V, llama
+from sparsity_support import F, H, L, V, llama
 
 
 def summed_loss(model, ids, head_scale, neuron_scale):

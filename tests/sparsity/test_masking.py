@@ -8,17 +8,7 @@ import torch
 from planforge.errors import UnsupportedArchitectureError
 from planforge.sparsity.masking import masked_logits, per_layer_predicted_logits, predicted_masks, top_k_mask
 
-L, H, Dh, F, V = 2, 4, 8, 48, 96
-
-
-def llama(num_layers=L, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=H * Dh, intermediate_size=F, num_hidden_layers=num_layers,
-                      num_attention_heads=H, num_key_value_heads=2, max_position_embeddings=64,
-                      initializer_range=0.2)
-    return LlamaForCausalLM(cfg).eval()
+from sparsity_support import Dh, F, H, L, V, llama, random_predictor  # noqa: F401
 
 
 def edited(model, head_keep, neuron_keep):
@@ -79,7 +69,6 @@ def test_top_k_rule():
 
 
 def test_predicted_masks_keep_layer0_heads_and_follow_scores():
-    from tests.sparsity.test_predictor import random_predictor
 
     model, ids = llama(), torch.randint(0, V, (1, 5))
     pred = random_predictor("single", L=L, H=H, d=H * Dh, F=F)
@@ -97,7 +86,6 @@ def test_predicted_masks_keep_layer0_heads_and_follow_scores():
 
 
 def test_per_layer_at_zero_sparsity_is_the_plain_model():
-    from tests.sparsity.test_predictor import random_predictor
 
     model, ids = llama(), torch.randint(0, V, (1, 6))
     pred = random_predictor("per_layer", L=L, H=H, d=H * Dh, F=F)
@@ -116,7 +104,6 @@ def test_non_llama_model_is_refused():
 
 def test_per_layer_with_constant_scores_equals_zeroed_weights():
     # fc2 weights 0: every token gets the bias ranking, so the masks are fixed per layer.
-    from tests.sparsity.test_predictor import random_predictor
 
     model, ids = llama(), torch.randint(0, V, (2, 6))
     pred = random_predictor("per_layer", L=L, H=H, d=H * Dh, F=F, seed=5)

@@ -8,18 +8,9 @@ import torch
 
 from planforge.errors import PredictorError, PredictorMismatchError, PredictorNotFoundError
 from planforge.manifest import Dims
-from planforge.sparsity.predictor import Predictor, PredictorHeader, expected_shapes
+from planforge.sparsity.predictor import Predictor
 
-
-def random_predictor(kind="single", seed=0, L=2, H=4, d=16, F=24, h1=8, h2=6) -> Predictor:
-    header = PredictorHeader(kind=kind, criterion="plainact", num_layers=L, num_heads=H, num_kv_heads=2,
-                             hidden_size=d, intermediate_size=F, head_hidden=h1, neuron_hidden=h2)
-    rng = np.random.default_rng(seed)
-    tensors = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in expected_shapes(header).items()}
-    for name in tensors:
-        if name.endswith("input_std"):
-            tensors[name] = np.abs(tensors[name]) + 0.5
-    return Predictor(header, tensors)
+from sparsity_support import random_predictor
 
 
 @pytest.mark.parametrize("kind", ["single", "per_layer"])
