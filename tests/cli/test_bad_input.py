@@ -34,6 +34,8 @@ CASES = {
     "eval --stride 0": (["eval", "{model}", "--ppl", "{files}/text.txt", "--stride", "0"], "--stride"),
     "eval --context past the model": (["eval", "{model}", "--ppl", "{files}/text.txt", "--context", "1024"],
                                       "longer than the 256 positions"),
+    "eval --context past the source's trained positions": (
+        ["eval", "{source}", "--ppl", "{files}/text.txt", "--context", "1024"], "longer than the 256 positions"),
     "eval boolean label": (["eval", "{model}", "--accuracy", "{files}/bool_label.jsonl"], "a boolean is not a label"),
     "eval bad JSON on line 3": (["eval", "{model}", "--accuracy", "{files}/bad_line3.jsonl"], "line 3: not JSON"),
     "eval empty choice": (["eval", "{model}", "--accuracy", "{files}/empty_choice.jsonl"], "non-empty str"),
@@ -52,7 +54,8 @@ CASES = {
 def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, files, tmp_path):
     args, message = CASES[case]
     out = tmp_path / "out"
-    args = [a.format(model=tiny_model("llama")[1], files=files, out=out) for a in args]
+    source, model = tiny_model("llama")
+    args = [a.format(model=model, source=source, files=files, out=out) for a in args]
     proc = planforge(*args)
     stderr = proc.stderr.decode()
     assert proc.returncode == 2, stderr
