@@ -87,8 +87,9 @@ def load_model(model_dir: Path):
 
     hf_logging.disable_progress_bar()  # planforge shows its own progress
     refuse_model_code(model_dir)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its load report would print what the checks below refuse
+    # Errors only, from here on: transformers' load report would print what the checks below refuse, and its
+    # deprecation notices about its own cache arguments are noise to a planforge user.
+    hf_logging.set_verbosity_error()
     try:
         with warnings.catch_warnings():  # torch.load's advice to unpickle anyway is not ours to give
             warnings.simplefilter("ignore")
@@ -101,8 +102,6 @@ def load_model(model_dir: Path):
         ) from None
     except Exception as exc:  # noqa: BLE001 (safetensors, pickle and torch raise their own types)
         raise CheckpointError(_unreadable_weights(model_dir, exc)) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     _check_complete(model_dir, info)
     return model.eval()
 
