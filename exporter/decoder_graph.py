@@ -120,6 +120,17 @@ class _DecoderGraphWriter:
         return self.b.op("LayerNormalization", [x, scale, bias], name=f"{norm.module}/LayerNormalization",
                          axis=-1, epsilon=self.style.norm_eps, stash_type=1)
 
+    def head_norm(self, norm: Optional[Norm], x: str, heads: int) -> str:
+        """RMSNorm over each head's D values of x (B, S, H*D), as Qwen3 normalizes q and k before rotary."""
+        if norm is None:
+            return x
+        b, d = self.b, self.dims.head_dim
+        split = b.op("Reshape", [x, b.const_i64([0, 0, heads, d], f"{norm.module}/heads")], name=f"{norm.module}/split")
+        normed = b.op("RMSNormalization", [split, self.weight(f"{norm.module}.weight", norm.weight)],
+                      name=f"{norm.module}/RMSNormalization", axis=-1, epsilon=self.style.norm_eps, stash_type=1)
+        return b.op("Reshape", [normed, b.const_i64([0, 0, heads * d], f"{norm.module}/merged")],
+                    name=f"{norm.module}/merge")
+
     def activation(self, x: str, module: str) -> str:
         kind = self.style.activation
         if kind == "silu":
@@ -162,6 +173,7 @@ def build_decoder_graph(
     for i, layer in enumerate(weights.layers):
         h = w.norm(layer.attn_norm, x)
         q, k, v = (w.linear(i, lin, h) for lin in (layer.q_proj, layer.k_proj, layer.v_proj))
+        q, k = w.head_norm(layer.q_norm, q, d.num_heads), w.head_norm(layer.k_norm, k, d.num_kv_heads)
         if style.positions == "rotary":
             q = b.op("RotaryEmbedding", [q, cos, sin, position_ids], name=f"{layer.q_proj.module}/RotaryEmbedding",
                      num_heads=d.num_heads, interleaved=0)

@@ -61,6 +61,9 @@ class LayerWeights:
     up_proj: Linear
     down_proj: Linear
     gate_proj: Optional[Linear] = None  # present when DecoderStyle.gated_mlp
+    # Per-head RMSNorm of the queries and keys before rotary (Qwen3): weight (head_dim,)
+    q_norm: Optional[Norm] = None
+    k_norm: Optional[Norm] = None
 
     def linears(self) -> list[Linear]:
         order = [self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj, self.down_proj]

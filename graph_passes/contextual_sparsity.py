@@ -197,6 +197,12 @@ class ContextualSparsityPass(GraphPass):
             rotary = q_in.producer()
             q_in = rotary.inputs[0]
         producer = q_in.producer()
+        if producer is not None and producer.op_type == "Reshape" and any(
+                n.op_type == "RMSNormalization" for n in ancestors([producer]) - ancestors([attention.inputs[1].producer()])
+                if n is not None):
+            self.refuse(f"{where}: Q is normalized per head before rotary (q_norm, as in Qwen3), which the decode "
+                        "branch does not reproduce yet")
+            return None
         if producer is not None and producer.op_type == "Add":  # q bias
             producer = next((v.producer() for v in producer.inputs if v.producer() is not None
                              and v.producer().op_type == "MatMul"), None)
@@ -237,6 +243,13 @@ class ContextualSparsityPass(GraphPass):
         return layer
 
     # ---------------------------------------------------------------------------------- rewriting
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        result = super().call(model)
+        if self.matches == 0 and self.refusals:  # asked for sparsity: a dense output would be a silent no-op
+            raise InvalidSparsityError("contextual sparsity cannot be applied to this model: "
+                                       + "; ".join(sorted(set(self.refusals))[:2]) + ".")
+        return result
+
     def rewrite_graph(self, graph: ir.Graph) -> int:
         attentions = [n for n in graph if n.op_type == "Attention" and n.domain == ""]
         if not attentions:

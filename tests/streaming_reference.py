@@ -32,6 +32,8 @@ def streaming_logits(model, ids: list[int], sinks: int, window: int, model_windo
             h = layer.input_layernorm(x)
             q = attn.q_proj(h).view(heads, 1, head_dim)
             k = attn.k_proj(h).view(kv_heads, head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before rotary
+                q, k = attn.q_norm(q), attn.k_norm(k)
             v = attn.v_proj(h).view(kv_heads, head_dim)
             cache.append((t, k, v))
             kept = [c for c in cache if c[0] < sinks or c[0] > t - window]  # sinks + the W most recent

@@ -52,8 +52,10 @@ def make_config(family: str, **overrides):
                           num_key_value_heads=2, max_position_embeddings=256, **common)
         cls, arch = {"llama": (tf.LlamaConfig, "LlamaForCausalLM"),
                      "mistral": (tf.MistralConfig, "MistralForCausalLM"),
-                     "qwen2": (tf.Qwen2Config, "Qwen2ForCausalLM")}[family]
-        extra = {"mistral": dict(sliding_window=8), "qwen2": dict(num_key_value_heads=1)}.get(family, {})
+                     "qwen2": (tf.Qwen2Config, "Qwen2ForCausalLM"),
+                     "qwen3": (tf.Qwen3Config, "Qwen3ForCausalLM")}[family]
+        extra = {"mistral": dict(sliding_window=8), "qwen2": dict(num_key_value_heads=1),
+                 "qwen3": dict(head_dim=32)}.get(family, {})  # head_dim != hidden / heads, as in Qwen3
         config = cls(**{**llama_like, **extra})
         config.architectures = [arch]
     for key, value in overrides.items():

@@ -7,7 +7,7 @@ import torch
 
 from planforge.runtime import open_backend
 
-FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
 
 
@@ -57,7 +57,7 @@ def test_graph_is_canonical(family, tiny_model):
     assert (attrs["q_num_heads"], attrs["kv_num_heads"]) == (heads, kv_heads)
     rotary, norm = (0, "LayerNormalization") if family == "gpt2" else (4, "RMSNormalization")
     assert ops.count("RotaryEmbedding") == rotary
-    assert ops.count(norm) == 5  # two per layer and the final norm
+    assert ops.count(norm) == 5 + (4 if family == "qwen3" else 0)  # two per layer, the final norm (+ q/k norms)
     assert model.opset_import[0].version == 23
     inputs = [i.name for i in model.graph.input]
     assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]

@@ -298,3 +298,13 @@ def test_left_padded_batch_equals_rows_alone(llama):
     for b, row in enumerate(rows):
         alone = run_steps(session, np.concatenate([row, steps[b]])[None], len(row))[0, len(row) - 1:]
         np.testing.assert_allclose(np.stack([x[b] for x in batch]), alone, atol=ATOL_REF, rtol=0)  # other shapes, sums
+
+
+def test_a_family_the_decode_branch_cannot_reproduce_is_refused(tiny_model, tmp_path):
+    """Qwen3 normalizes each head's q and k before rotary; a dense output would silently ignore --sparsity."""
+    exported = tiny_model("qwen3")[1]
+    make_predictor(Manifest.load(exported).dims, tmp_path / "p.safetensors")
+    with pytest.raises(InvalidSparsityError, match=r"cannot be applied to this model: .*Q is normalized per head "
+                                                   r"before rotary \(q_norm, as in Qwen3\)"):
+        sparsify(exported, tmp_path / "out", tmp_path / "p.safetensors", 0.5, 0.5)
+    assert not (tmp_path / "out").exists()
