@@ -131,6 +131,12 @@ class _DecoderGraphWriter:
         return b.op("Reshape", [normed, b.const_i64([0, 0, heads * d], f"{norm.module}/merged")],
                     name=f"{norm.module}/merge")
 
+    def scaled(self, x: str, factor: float, name: str, op: str = "Mul") -> str:
+        """x * factor (or x / factor), in the model dtype; x itself when the factor is 1."""
+        if factor == 1.0:
+            return x
+        return self.b.op(op, [x, self.weight(f"{name}.factor", torch.tensor(float(factor)))], name=name)
+
     def activation(self, x: str, module: str) -> str:
         kind = self.style.activation
         if kind == "silu":
@@ -162,6 +168,7 @@ def build_decoder_graph(
     masks = _AttentionMasks(b, input_ids, attention_mask)
     embed = w.weight(f"{weights.embed_module}.weight", weights.embed_tokens)
     x = b.op("Gather", [embed, input_ids], name=f"{weights.embed_module}/Gather")  # (B, S, H)
+    x = w.scaled(x, style.embedding_scale, f"{weights.embed_module}/scale")
     if style.positions == "learned":
         table = w.weight(f"{weights.position_module}.weight", weights.position_embeddings)
         pos = b.op("Gather", [table, position_ids], name=f"{weights.position_module}/Gather")
@@ -184,14 +191,16 @@ def build_decoder_graph(
             "Attention", [q, k, v, masks.get(style.sliding_windows[i]), *pasts[i]],
             name=f"{layer.attention_module}/Attention", num_outputs=3,
             q_num_heads=d.num_heads, kv_num_heads=d.num_kv_heads, scale=float(scale))
-        x = b.op("Add", [x, w.linear(i, layer.o_proj, attn)], name=f"{layer.attention_module}/residual")
+        attn_out = w.scaled(w.linear(i, layer.o_proj, attn), style.residual_scale, f"{layer.attention_module}/scale")
+        x = b.op("Add", [x, attn_out], name=f"{layer.attention_module}/residual")
         h = w.norm(layer.mlp_norm, x)
         if style.gated_mlp:
             gate = w.activation(w.linear(i, layer.gate_proj, h), layer.gate_proj.module)
             hidden = b.op("Mul", [gate, w.linear(i, layer.up_proj, h)], name=f"{layer.up_proj.module}/gate_mul")
         else:
             hidden = w.activation(w.linear(i, layer.up_proj, h), layer.up_proj.module)
-        x = b.op("Add", [x, w.linear(i, layer.down_proj, hidden)], name=f"{layer.down_proj.module}/residual")
+        mlp_out = w.scaled(w.linear(i, layer.down_proj, hidden), style.residual_scale, f"{layer.down_proj.module}/scale")
+        x = b.op("Add", [x, mlp_out], name=f"{layer.down_proj.module}/residual")
         b.output(present_k, constants.present_key(i), elem, ["batch", d.num_kv_heads, "total_sequence", d.head_dim])
         b.output(present_v, constants.present_value(i), elem, ["batch", d.num_kv_heads, "total_sequence", d.head_dim])
         on_layer(i)
@@ -202,6 +211,7 @@ def build_decoder_graph(
         logits = b.op("MatMul", [x, head], name=f"{weights.lm_head.module}/MatMul")
     else:
         logits = w.linear(None, weights.lm_head, x)
+    logits = w.scaled(logits, style.logits_divisor, "/logits/scale", op="Div")
     if elem != TensorProto.FLOAT:
         logits = b.op("Cast", [logits], name="/logits/Cast", to=TensorProto.FLOAT)
     b.output(logits, constants.LOGITS, TensorProto.FLOAT, ["batch", "sequence", d.vocab_size])

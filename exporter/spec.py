@@ -30,6 +30,10 @@ class DecoderStyle:
     sliding_windows: tuple[Optional[int], ...]
     # Per layer softmax scale; None means 1/sqrt(head_dim).
     attention_scales: tuple[Optional[float], ...]
+    # Granite's multipliers: x = embed * embedding_scale; x += branch * residual_scale; logits /= logits_divisor.
+    embedding_scale: float = 1.0
+    residual_scale: float = 1.0
+    logits_divisor: float = 1.0
 
 
 @dataclass

@@ -216,6 +216,10 @@ class ContextualSparsityPass(GraphPass):
             self.refuse(f"{where}: the attention output does not feed o_proj alone")
             return None
         residual = [u.node for u in o.out.uses()]
+        if len(residual) == 1 and residual[0].op_type == "Mul":
+            self.refuse(f"{where}: the residual branches are scaled (residual_multiplier, as in Granite), which the "
+                        "decode branch does not reproduce yet")
+            return None
         if len(residual) != 1 or residual[0].op_type != "Add":
             self.refuse(f"{where}: o_proj's output does not feed one residual Add")
             return None

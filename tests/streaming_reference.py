@@ -23,10 +23,13 @@ def streaming_logits(model, ids: list[int], sinks: int, window: int, model_windo
     cfg = model.config
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    # Granite's multipliers (1 for the other families)
+    embed_scale, residual_scale = getattr(cfg, "embedding_multiplier", 1.0), getattr(cfg, "residual_multiplier", 1.0)
+    logits_divisor = getattr(cfg, "logits_scaling", 1.0)
     caches = [[] for _ in model.model.layers]  # per layer: [(token index, k (Hkv, D) un-rotated, v)]
     out = []
     for t, token in enumerate(ids):
-        x = model.model.embed_tokens(torch.tensor([token]))  # (1, hidden)
+        x = model.model.embed_tokens(torch.tensor([token])) * embed_scale  # (1, hidden)
         for layer, cache in zip(model.model.layers, caches):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -48,7 +51,7 @@ def streaming_logits(model, ids: list[int], sinks: int, window: int, model_windo
             scores = (q @ keys.transpose(1, 2)) * attn.scaling  # (H, 1, L)
             scores = scores.masked_fill(~visible, float("-inf"))
             y = (scores.softmax(-1) @ values).reshape(1, heads * head_dim)
-            x = x + attn.o_proj(y)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        out.append(model.lm_head(model.model.norm(x))[0])
+            x = x + attn.o_proj(y) * residual_scale
+            x = x + layer.mlp(layer.post_attention_layernorm(x)) * residual_scale
+        out.append(model.lm_head(model.model.norm(x))[0] / logits_divisor)
     return torch.stack(out)

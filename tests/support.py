@@ -53,9 +53,12 @@ def make_config(family: str, **overrides):
         cls, arch = {"llama": (tf.LlamaConfig, "LlamaForCausalLM"),
                      "mistral": (tf.MistralConfig, "MistralForCausalLM"),
                      "qwen2": (tf.Qwen2Config, "Qwen2ForCausalLM"),
-                     "qwen3": (tf.Qwen3Config, "Qwen3ForCausalLM")}[family]
+                     "qwen3": (tf.Qwen3Config, "Qwen3ForCausalLM"),
+                     "granite": (tf.GraniteConfig, "GraniteForCausalLM")}[family]
         extra = {"mistral": dict(sliding_window=8), "qwen2": dict(num_key_value_heads=1),
-                 "qwen3": dict(head_dim=32)}.get(family, {})  # head_dim != hidden / heads, as in Qwen3
+                 "qwen3": dict(head_dim=32),  # head_dim != hidden / heads, as in Qwen3
+                 "granite": dict(embedding_multiplier=3.0, attention_multiplier=0.2, residual_multiplier=0.4,
+                                 logits_scaling=4.0)}.get(family, {})
         config = cls(**{**llama_like, **extra})
         config.architectures = [arch]
     for key, value in overrides.items():

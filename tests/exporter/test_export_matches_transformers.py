@@ -7,7 +7,7 @@ import torch
 
 from planforge.runtime import open_backend
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "gpt2")
 ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
 
 

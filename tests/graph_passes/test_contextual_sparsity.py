@@ -300,11 +300,14 @@ def test_left_padded_batch_equals_rows_alone(llama):
         np.testing.assert_allclose(np.stack([x[b] for x in batch]), alone, atol=ATOL_REF, rtol=0)  # other shapes, sums
 
 
-def test_a_family_the_decode_branch_cannot_reproduce_is_refused(tiny_model, tmp_path):
-    """Qwen3 normalizes each head's q and k before rotary; a dense output would silently ignore --sparsity."""
-    exported = tiny_model("qwen3")[1]
+@pytest.mark.parametrize("family, why", [
+    ("qwen3", r"Q is normalized per head before rotary \(q_norm, as in Qwen3\)"),
+    ("granite", r"the residual branches are scaled \(residual_multiplier, as in Granite\)"),
+])
+def test_a_family_the_decode_branch_cannot_reproduce_is_refused(tiny_model, tmp_path, family, why):
+    """A dense output would silently ignore --sparsity."""
+    exported = tiny_model(family)[1]
     make_predictor(Manifest.load(exported).dims, tmp_path / "p.safetensors")
-    with pytest.raises(InvalidSparsityError, match=r"cannot be applied to this model: .*Q is normalized per head "
-                                                   r"before rotary \(q_norm, as in Qwen3\)"):
+    with pytest.raises(InvalidSparsityError, match=r"cannot be applied to this model: .*" + why):
         sparsify(exported, tmp_path / "out", tmp_path / "p.safetensors", 0.5, 0.5)
     assert not (tmp_path / "out").exists()
