@@ -181,7 +181,7 @@ def build_decoder_graph(
         h = w.norm(layer.attn_norm, x)
         q, k, v = (w.linear(i, lin, h) for lin in (layer.q_proj, layer.k_proj, layer.v_proj))
         q, k = w.head_norm(layer.q_norm, q, d.num_heads), w.head_norm(layer.k_norm, k, d.num_kv_heads)
-        if style.positions == "rotary":
+        if style.positions == "rotary" and (style.rotary_layers is None or style.rotary_layers[i]):
             q = b.op("RotaryEmbedding", [q, cos, sin, position_ids], name=f"{layer.q_proj.module}/RotaryEmbedding",
                      num_heads=d.num_heads, interleaved=0)
             k = b.op("RotaryEmbedding", [k, cos, sin, position_ids], name=f"{layer.k_proj.module}/RotaryEmbedding",

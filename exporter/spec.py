@@ -34,6 +34,8 @@ class DecoderStyle:
     embedding_scale: float = 1.0
     residual_scale: float = 1.0
     logits_divisor: float = 1.0
+    # Rotary families: which layers rotate q and k (SmolLM3 leaves some without positions, "NoPE"); None: all.
+    rotary_layers: Optional[tuple[bool, ...]] = None
 
 
 @dataclass

@@ -219,10 +219,11 @@ class StreamingAttentionPass(GraphPass):
             q_rope, k_rope = (value.producer() if value is not None else None for value in node.inputs[:2])
             if not (q_rope and k_rope and q_rope.op_type == k_rope.op_type == "RotaryEmbedding"):
                 raise UnsupportedArchitectureError(
-                    f"{node.name}: streaming re-indexes rotary positions inside the KV cache, and this model's "
-                    "attention has no RotaryEmbedding (learned absolute positions, as in GPT-2, are added to the "
-                    "token embeddings and cannot be re-indexed). Streaming supports the rotary families "
-                    "(Llama, Mistral, Qwen2).")
+                    f"{node.name}: streaming re-indexes rotary positions inside the KV cache, and this attention "
+                    "has no RotaryEmbedding: the model adds learned absolute positions to the token embeddings (as "
+                    "GPT-2 does), or this layer attends without positions (SmolLM3's NoPE layers); neither can be "
+                    "re-indexed. Streaming supports models whose every layer is rotary (Llama, Mistral, Qwen2, "
+                    "Qwen3, Granite).")
             if len(node.inputs) < 6 or node.inputs[4] is None or len(node.outputs) < 3:
                 raise UnsupportedArchitectureError(f"{node.name}: expected Attention with a past/present KV cache.")
             sites.append(_Site(node, q_rope, k_rope))

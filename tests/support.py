@@ -54,11 +54,13 @@ def make_config(family: str, **overrides):
                      "mistral": (tf.MistralConfig, "MistralForCausalLM"),
                      "qwen2": (tf.Qwen2Config, "Qwen2ForCausalLM"),
                      "qwen3": (tf.Qwen3Config, "Qwen3ForCausalLM"),
-                     "granite": (tf.GraniteConfig, "GraniteForCausalLM")}[family]
+                     "granite": (tf.GraniteConfig, "GraniteForCausalLM"),
+                     "smollm3": (tf.SmolLM3Config, "SmolLM3ForCausalLM")}[family]
         extra = {"mistral": dict(sliding_window=8), "qwen2": dict(num_key_value_heads=1),
                  "qwen3": dict(head_dim=32),  # head_dim != hidden / heads, as in Qwen3
                  "granite": dict(embedding_multiplier=3.0, attention_multiplier=0.2, residual_multiplier=0.4,
-                                 logits_scaling=4.0)}.get(family, {})
+                                 logits_scaling=4.0),
+                 "smollm3": dict(no_rope_layers=[1, 0])}.get(family, {})  # layer 1 has no rotary (NoPE)
         config = cls(**{**llama_like, **extra})
         config.architectures = [arch]
     for key, value in overrides.items():

@@ -7,7 +7,7 @@ import torch
 
 from planforge.runtime import open_backend
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gpt2")
 ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
 
 
@@ -56,6 +56,7 @@ def test_graph_is_canonical(family, tiny_model):
     heads, kv_heads = {"qwen2": (4, 1), "gpt2": (4, 4)}.get(family, (4, 2))
     assert (attrs["q_num_heads"], attrs["kv_num_heads"]) == (heads, kv_heads)
     rotary, norm = (0, "LayerNormalization") if family == "gpt2" else (4, "RMSNormalization")
+    rotary = 2 if family == "smollm3" else rotary  # its layer 1 attends without positions
     assert ops.count("RotaryEmbedding") == rotary
     assert ops.count(norm) == 5 + (4 if family == "qwen3" else 0)  # two per layer, the final norm (+ q/k norms)
     assert model.opset_import[0].version == 23

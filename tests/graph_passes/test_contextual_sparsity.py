@@ -69,6 +69,16 @@ def llama(tiny_model, hf_model, tmp_path_factory):
                 path=root / "predictor.safetensors")
 
 
+def test_keep_all_equals_dense_graph_for_a_model_with_layers_without_positions(tiny_model, tmp_path):
+    """SmolLM3's layer 1 attends without rotary (NoPE): the decode branch reproduces it when every unit is kept."""
+    exported = tiny_model("smollm3")[1]
+    make_predictor(Manifest.load(exported).dims, tmp_path / "p.safetensors")
+    out = sparsify(exported, tmp_path / "keep_all", tmp_path / "p.safetensors", KEEP_ALL, KEEP_ALL)
+    ids = np.random.default_rng(3).integers(1, 300, (2, 9))
+    np.testing.assert_allclose(run_steps(open_backend(out), ids, 5), run_steps(open_backend(exported), ids, 5),
+                               atol=ATOL_DENSE, rtol=0)
+
+
 def test_keep_all_equals_dense_graph_prefill_and_decode(llama):
     out = sparsify(llama["exported"], llama["root"] / "keep_all", llama["path"], KEEP_ALL, KEEP_ALL)
     model = onnx.load(str(out / "model.onnx"))

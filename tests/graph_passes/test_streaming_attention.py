@@ -148,9 +148,10 @@ def test_bad_streaming_settings_are_refused(tiny_model, tmp_path, sinks, window,
     assert not (tmp_path / "out").exists()
 
 
-def test_learned_positions_cannot_stream(tiny_model, tmp_path):
-    with pytest.raises(UnsupportedArchitectureError, match="learned absolute positions"):
-        optimize(tiny_model("gpt2")[1], tmp_path / "out", OptimizeOptions(streaming=StreamingOptions(2, 6)))
+@pytest.mark.parametrize("family", ["gpt2", "smollm3"])  # learned positions; a layer without positions (NoPE)
+def test_attention_without_rotary_cannot_stream(tiny_model, tmp_path, family):
+    with pytest.raises(UnsupportedArchitectureError, match="learned absolute positions .* attends without positions"):
+        optimize(tiny_model(family)[1], tmp_path / "out", OptimizeOptions(streaming=StreamingOptions(2, 6)))
     assert not (tmp_path / "out").exists()
 
 
