@@ -187,11 +187,14 @@ def build_decoder_graph(
             k = b.op("RotaryEmbedding", [k, cos, sin, position_ids], name=f"{layer.k_proj.module}/RotaryEmbedding",
                      num_heads=d.num_kv_heads, interleaved=0)
         scale = style.attention_scales[i] or 1.0 / math.sqrt(d.head_dim)
+        softcap = {} if style.attention_softcap is None else {"softcap": float(style.attention_softcap)}
         attn, present_k, present_v = b.op(
             "Attention", [q, k, v, masks.get(style.sliding_windows[i]), *pasts[i]],
             name=f"{layer.attention_module}/Attention", num_outputs=3,
-            q_num_heads=d.num_heads, kv_num_heads=d.num_kv_heads, scale=float(scale))
-        attn_out = w.scaled(w.linear(i, layer.o_proj, attn), style.residual_scale, f"{layer.attention_module}/scale")
+            q_num_heads=d.num_heads, kv_num_heads=d.num_kv_heads, scale=float(scale), **softcap)
+        attn_out = w.linear(i, layer.o_proj, attn)
+        attn_out = w.norm(layer.post_attn_norm, attn_out) if layer.post_attn_norm is not None else attn_out
+        attn_out = w.scaled(attn_out, style.residual_scale, f"{layer.attention_module}/scale")
         x = b.op("Add", [x, attn_out], name=f"{layer.attention_module}/residual")
         h = w.norm(layer.mlp_norm, x)
         if style.gated_mlp:
@@ -199,7 +202,9 @@ def build_decoder_graph(
             hidden = b.op("Mul", [gate, w.linear(i, layer.up_proj, h)], name=f"{layer.up_proj.module}/gate_mul")
         else:
             hidden = w.activation(w.linear(i, layer.up_proj, h), layer.up_proj.module)
-        mlp_out = w.scaled(w.linear(i, layer.down_proj, hidden), style.residual_scale, f"{layer.down_proj.module}/scale")
+        mlp_out = w.linear(i, layer.down_proj, hidden)
+        mlp_out = w.norm(layer.post_mlp_norm, mlp_out) if layer.post_mlp_norm is not None else mlp_out
+        mlp_out = w.scaled(mlp_out, style.residual_scale, f"{layer.down_proj.module}/scale")
         x = b.op("Add", [x, mlp_out], name=f"{layer.down_proj.module}/residual")
         b.output(present_k, constants.present_key(i), elem, ["batch", d.num_kv_heads, "total_sequence", d.head_dim])
         b.output(present_v, constants.present_value(i), elem, ["batch", d.num_kv_heads, "total_sequence", d.head_dim])
@@ -212,6 +217,10 @@ def build_decoder_graph(
     else:
         logits = w.linear(None, weights.lm_head, x)
     logits = w.scaled(logits, style.logits_divisor, "/logits/scale", op="Div")
+    if style.logits_softcap is not None:  # c * tanh(logits / c)
+        capped = b.op("Tanh", [w.scaled(logits, style.logits_softcap, "/logits/softcap_in", op="Div")],
+                      name="/logits/softcap")
+        logits = w.scaled(capped, style.logits_softcap, "/logits/softcap_out")
     if elem != TensorProto.FLOAT:
         logits = b.op("Cast", [logits], name="/logits/Cast", to=TensorProto.FLOAT)
     b.output(logits, constants.LOGITS, TensorProto.FLOAT, ["batch", "sequence", d.vocab_size])

@@ -36,6 +36,9 @@ class DecoderStyle:
     logits_divisor: float = 1.0
     # Rotary families: which layers rotate q and k (SmolLM3 leaves some without positions, "NoPE"); None: all.
     rotary_layers: Optional[tuple[bool, ...]] = None
+    # Gemma 2: scores -> c * tanh(scores / c) in attention, and the same on the final logits; None: off.
+    attention_softcap: Optional[float] = None
+    logits_softcap: Optional[float] = None
 
 
 @dataclass
@@ -70,6 +73,9 @@ class LayerWeights:
     # Per-head RMSNorm of the queries and keys before rotary (Qwen3): weight (head_dim,)
     q_norm: Optional[Norm] = None
     k_norm: Optional[Norm] = None
+    # Norms of each branch's output before its residual Add (Gemma 2's "sandwich" norms).
+    post_attn_norm: Optional[Norm] = None
+    post_mlp_norm: Optional[Norm] = None
 
     def linears(self) -> list[Linear]:
         order = [self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj, self.down_proj]

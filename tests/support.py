@@ -55,12 +55,18 @@ def make_config(family: str, **overrides):
                      "qwen2": (tf.Qwen2Config, "Qwen2ForCausalLM"),
                      "qwen3": (tf.Qwen3Config, "Qwen3ForCausalLM"),
                      "granite": (tf.GraniteConfig, "GraniteForCausalLM"),
-                     "smollm3": (tf.SmolLM3Config, "SmolLM3ForCausalLM")}[family]
+                     "smollm3": (tf.SmolLM3Config, "SmolLM3ForCausalLM"),
+                     "gemma": (tf.GemmaConfig, "GemmaForCausalLM"),
+                     "gemma2": (tf.Gemma2Config, "Gemma2ForCausalLM")}[family]
         extra = {"mistral": dict(sliding_window=8), "qwen2": dict(num_key_value_heads=1),
                  "qwen3": dict(head_dim=32),  # head_dim != hidden / heads, as in Qwen3
                  "granite": dict(embedding_multiplier=3.0, attention_multiplier=0.2, residual_multiplier=0.4,
                                  logits_scaling=4.0),
-                 "smollm3": dict(no_rope_layers=[1, 0])}.get(family, {})  # layer 1 has no rotary (NoPE)
+                 "smollm3": dict(no_rope_layers=[1, 0]),  # layer 1 has no rotary (NoPE)
+                 "gemma": dict(head_dim=16),
+                 "gemma2": dict(head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                                final_logit_softcapping=3.0, sliding_window=6,
+                                layer_types=["sliding_attention", "full_attention"])}.get(family, {})
         config = cls(**{**llama_like, **extra})
         config.architectures = [arch]
     for key, value in overrides.items():

@@ -49,7 +49,7 @@ class LlamaAdapter(ArchitectureAdapter):
             norm="rms",
             norm_eps=float(c.rms_norm_eps),
             positions="rotary",
-            activation=self.activation(c.hidden_act),
+            activation=self.activation(getattr(c, "hidden_activation", None) or c.hidden_act),  # Gemma's name first
             gated_mlp=True,
             sliding_windows=self.sliding_windows(),
             attention_scales=(None,) * c.num_hidden_layers,

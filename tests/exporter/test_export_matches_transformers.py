@@ -7,7 +7,7 @@ import torch
 
 from planforge.runtime import open_backend
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gpt2")
 ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
 
 
@@ -58,7 +58,8 @@ def test_graph_is_canonical(family, tiny_model):
     rotary, norm = (0, "LayerNormalization") if family == "gpt2" else (4, "RMSNormalization")
     rotary = 2 if family == "smollm3" else rotary  # its layer 1 attends without positions
     assert ops.count("RotaryEmbedding") == rotary
-    assert ops.count(norm) == 5 + (4 if family == "qwen3" else 0)  # two per layer, the final norm (+ q/k norms)
+    extra_norms = {"qwen3": 4, "gemma2": 4}.get(family, 0)  # q/k norms; the branch-output norms
+    assert ops.count(norm) == 5 + extra_norms  # two per layer and the final norm
     assert model.opset_import[0].version == 23
     inputs = [i.name for i in model.graph.input]
     assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]

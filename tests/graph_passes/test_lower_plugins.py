@@ -48,7 +48,7 @@ def steps_agree(portable, lowered, pad=2, prompt=6, decode=8, seed=0):
         np.testing.assert_allclose(lowered_logits, oracle, atol=ATOL, rtol=0, err_msg=f"step {step}")
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gpt2"])
 def test_every_family_matches_onnxruntime_on_the_portable_graph(tiny_model, tmp_path, family):
     portable = tiny_model(family)[1]
     lowered = build(portable, tmp_path / "lowered")
@@ -147,6 +147,14 @@ def test_a_streaming_graph_is_refused_or_kept_with_allow_partial(tiny_model, tmp
     kept = build(streamed, tmp_path / "partial", allow_partial=True)
     assert Manifest.load(kept).target == "torch" and Manifest.load(kept).plugin_ops == {}
     steps_agree(streamed, kept, pad=0, prompt=4, decode=6)
+
+
+def test_soft_capped_attention_is_refused_with_the_reason(tiny_model, tmp_path):
+    """Gemma 2 caps its attention scores; the fused ops have no cap, so its attention stays standard."""
+    with pytest.raises(LoweringError, match=r"Attention\): is_causal, softcap or qk_matmul_output_mode is set"):
+        build(tiny_model("gemma2")[1], tmp_path / "out")
+    kept = build(tiny_model("gemma2")[1], tmp_path / "partial", allow_partial=True)
+    steps_agree(tiny_model("gemma2")[1], kept, decode=3)
 
 
 def test_an_op_version_this_planforge_lacks_is_refused(tiny_model, tmp_path):

@@ -52,7 +52,7 @@ def test_torch_is_registered_for_portable_models():
     assert "portable" not in spec.default_for  # ONNX Runtime stays the default for portable models
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2"])
 def test_every_family_matches_onnxruntime(tiny_model, family):
     assert_backends_agree(tiny_model(family)[1])
 
