@@ -174,14 +174,17 @@ def build_decoder_graph(
         pos = b.op("Gather", [table, position_ids], name=f"{weights.position_module}/Gather")
         x = b.op("Add", [x, pos], name=f"{weights.position_module}/Add")
     else:
-        cos = w.weight("rotary.cos_cache", weights.rotary_cos)  # (max_seq_len, D/2)
-        sin = w.weight("rotary.sin_cache", weights.rotary_sin)
+        tables = {None: (w.weight("rotary.cos_cache", weights.rotary_cos),  # (max_seq_len, D/2)
+                         w.weight("rotary.sin_cache", weights.rotary_sin))}
+        for key, (layer_cos, layer_sin) in weights.layer_rotary.items():
+            tables[key] = (w.weight(f"rotary.{key}.cos_cache", layer_cos), w.weight(f"rotary.{key}.sin_cache", layer_sin))
 
     for i, layer in enumerate(weights.layers):
         h = w.norm(layer.attn_norm, x)
         q, k, v = (w.linear(i, lin, h) for lin in (layer.q_proj, layer.k_proj, layer.v_proj))
         q, k = w.head_norm(layer.q_norm, q, d.num_heads), w.head_norm(layer.k_norm, k, d.num_kv_heads)
         if style.positions == "rotary" and (style.rotary_layers is None or style.rotary_layers[i]):
+            cos, sin = tables[layer.rotary_table]
             q = b.op("RotaryEmbedding", [q, cos, sin, position_ids], name=f"{layer.q_proj.module}/RotaryEmbedding",
                      num_heads=d.num_heads, interleaved=0)
             k = b.op("RotaryEmbedding", [k, cos, sin, position_ids], name=f"{layer.k_proj.module}/RotaryEmbedding",

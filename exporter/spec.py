@@ -76,6 +76,9 @@ class LayerWeights:
     # Norms of each branch's output before its residual Add (Gemma 2's "sandwich" norms).
     post_attn_norm: Optional[Norm] = None
     post_mlp_norm: Optional[Norm] = None
+    # The rotary table this layer reads, a key of DecoderWeights.layer_rotary (Gemma 3: local and global bases);
+    # None: the model's one table.
+    rotary_table: Optional[str] = None
 
     def linears(self) -> list[Linear]:
         order = [self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj, self.down_proj]
@@ -94,4 +97,5 @@ class DecoderWeights:
     position_module: str = ""
     rotary_cos: Optional[torch.Tensor] = None  # (max_seq_len, rotary_dim / 2)
     rotary_sin: Optional[torch.Tensor] = None
+    layer_rotary: dict = field(default_factory=dict)  # key -> (cos, sin), each (max_seq_len, rotary_dim / 2)
     extra: dict = field(default_factory=dict)

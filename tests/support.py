@@ -57,7 +57,8 @@ def make_config(family: str, **overrides):
                      "granite": (tf.GraniteConfig, "GraniteForCausalLM"),
                      "smollm3": (tf.SmolLM3Config, "SmolLM3ForCausalLM"),
                      "gemma": (tf.GemmaConfig, "GemmaForCausalLM"),
-                     "gemma2": (tf.Gemma2Config, "Gemma2ForCausalLM")}[family]
+                     "gemma2": (tf.Gemma2Config, "Gemma2ForCausalLM"),
+                     "gemma3": (tf.Gemma3TextConfig, "Gemma3ForCausalLM")}[family]
         extra = {"mistral": dict(sliding_window=8), "qwen2": dict(num_key_value_heads=1),
                  "qwen3": dict(head_dim=32),  # head_dim != hidden / heads, as in Qwen3
                  "granite": dict(embedding_multiplier=3.0, attention_multiplier=0.2, residual_multiplier=0.4,
@@ -66,6 +67,8 @@ def make_config(family: str, **overrides):
                  "gemma": dict(head_dim=16),
                  "gemma2": dict(head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
                                 final_logit_softcapping=3.0, sliding_window=6,
+                                layer_types=["sliding_attention", "full_attention"]),
+                 "gemma3": dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=6,
                                 layer_types=["sliding_attention", "full_attention"])}.get(family, {})
         config = cls(**{**llama_like, **extra})
         config.architectures = [arch]

@@ -7,7 +7,7 @@ import torch
 
 from planforge.runtime import open_backend
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gemma3", "gpt2")
 ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
 
 
@@ -58,7 +58,7 @@ def test_graph_is_canonical(family, tiny_model):
     rotary, norm = (0, "LayerNormalization") if family == "gpt2" else (4, "RMSNormalization")
     rotary = 2 if family == "smollm3" else rotary  # its layer 1 attends without positions
     assert ops.count("RotaryEmbedding") == rotary
-    extra_norms = {"qwen3": 4, "gemma2": 4}.get(family, 0)  # q/k norms; the branch-output norms
+    extra_norms = {"qwen3": 4, "gemma2": 4, "gemma3": 8}.get(family, 0)  # q/k norms; the branch-output norms
     assert ops.count(norm) == 5 + extra_norms  # two per layer and the final norm
     assert model.opset_import[0].version == 23
     inputs = [i.name for i in model.graph.input]
@@ -130,3 +130,12 @@ def test_external_data_export_loads_and_matches(tiny_model, tmp_path):
     assert Manifest.load(tmp_path / "ext").external_data
     ids = np.arange(1, 11, dtype=np.int64)[None]
     np.testing.assert_array_equal(open_backend(tmp_path / "ext").prefill_logits(ids), open_backend(inline).prefill_logits(ids))
+
+
+def test_gemma3_rotates_local_and_global_layers_with_their_own_bases(tiny_model):
+    model = onnx.load(tiny_model("gemma3")[1] / "model.onnx")
+    tables = {n.name: n.input[1] for n in model.graph.node if n.op_type == "RotaryEmbedding"}
+    assert tables["model.layers.0.self_attn.q_proj/RotaryEmbedding"] == "rotary.sliding_attention.cos_cache"
+    assert tables["model.layers.1.self_attn.q_proj/RotaryEmbedding"] == "rotary.cos_cache"
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert not np.allclose(inits["rotary.sliding_attention.cos_cache"], inits["rotary.cos_cache"])

@@ -314,6 +314,7 @@ def test_left_padded_batch_equals_rows_alone(llama):
     ("qwen3", r"Q is normalized per head before rotary \(q_norm, as in Qwen3\)"),
     ("granite", r"the residual branches are scaled \(residual_multiplier, as in Granite\)"),
     ("gemma2", r"Attention with attributes \['softcap'\]"),
+    ("gemma3", r"Q is normalized per head before rotary"),
 ])
 def test_a_family_the_decode_branch_cannot_reproduce_is_refused(tiny_model, tmp_path, family, why):
     """A dense output would silently ignore --sparsity."""

@@ -57,7 +57,7 @@ def test_reference_equals_transformers_while_nothing_is_evicted(tiny_model, hf_m
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "granite", "gemma", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "granite", "gemma", "gemma2", "gemma3"])
 def test_equals_the_plain_model_until_the_cache_fills(streaming_model, family):
     _, exported, streamed = streaming_model(family)
     ids = list(np.random.RandomState(1).randint(1, 300, SINKS + WINDOW))
