@@ -7,7 +7,7 @@ import torch
 
 from planforge.runtime import open_backend
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gemma3", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gemma3", "phi3", "gpt2")
 ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
 
 
@@ -139,3 +139,24 @@ def test_gemma3_rotates_local_and_global_layers_with_their_own_bases(tiny_model)
     assert tables["model.layers.1.self_attn.q_proj/RotaryEmbedding"] == "rotary.cos_cache"
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     assert not np.allclose(inits["rotary.sliding_attention.cos_cache"], inits["rotary.cos_cache"])
+
+
+def test_phi3_longrope_within_its_original_context(tmp_path, make_random_model):
+    """longrope's short factors up to original_max_position_embeddings match; a longer export is refused."""
+    from transformers import AutoModelForCausalLM
+
+    from planforge.errors import UnsupportedConfigError
+    from planforge.exporter.api import ExportOptions, export
+
+    half = 8  # head_dim 16
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+            "short_factor": [1.0 + 0.1 * i for i in range(half)], "long_factor": [2.0 + 0.2 * i for i in range(half)]}
+    source = make_random_model("phi3", tmp_path / "hf", rope_parameters=rope, original_max_position_embeddings=64)
+    with pytest.raises(UnsupportedConfigError, match="longrope uses other factors past 64 tokens.*--max-seq-len 64"):
+        export(str(source), tmp_path / "long")
+    assert not (tmp_path / "long").exists()
+    export(str(source), tmp_path / "short", ExportOptions(max_seq_len=64))
+    ids = torch.randint(1, 300, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = AutoModelForCausalLM.from_pretrained(source).eval()(ids).logits.numpy()
+    np.testing.assert_allclose(open_backend(tmp_path / "short").prefill_logits(ids.numpy()), reference, atol=ATOL, rtol=0)
