@@ -47,6 +47,11 @@ def make_config(family: str, **overrides):
     if family == "gpt2":
         config = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **common)
         config.architectures = ["GPT2LMHeadModel"]
+    elif family == "opt":
+        common.pop("initializer_range")
+        config = tf.OPTConfig(hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                              max_position_embeddings=256, word_embed_proj_dim=64, init_std=0.1, **common)
+        config.architectures = ["OPTForCausalLM"]
     else:
         llama_like = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                           num_key_value_heads=2, max_position_embeddings=256, **common)

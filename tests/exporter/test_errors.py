@@ -40,15 +40,15 @@ def test_uncached_hub_id_is_not_downloaded(tmp_path, monkeypatch):
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
-    from transformers import OPTConfig
+    from transformers import BloomConfig
 
-    config = OPTConfig(hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2, vocab_size=100)
-    config.architectures = ["OPTForCausalLM"]
-    config.save_pretrained(tmp_path / "opt")
+    config = BloomConfig(hidden_size=32, n_layer=1, n_head=2, vocab_size=100)
+    config.architectures = ["BloomForCausalLM"]
+    config.save_pretrained(tmp_path / "bloom")
     with pytest.raises(UnsupportedArchitectureError) as info:
-        export(str(tmp_path / "opt"), tmp_path / "out")
+        export(str(tmp_path / "bloom"), tmp_path / "out")
     message = str(info.value)
-    assert "OPTForCausalLM" in message
+    assert "BloomForCausalLM" in message
     for name in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel"):
         assert name in message
     assert not (tmp_path / "out").exists()
@@ -319,3 +319,14 @@ def test_a_failed_write_is_one_line_and_leaves_nothing(tiny_model, tmp_path, mon
     with pytest.raises(OutputWriteError, match=f"cannot write .*out: {os.strerror(code)}. Nothing was written"):
         export(str(tiny_model("llama")[0]), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(word_embed_proj_dim=32), "word_embed_proj_dim 32 differs from hidden_size 64"),
+    (dict(do_layer_norm_before=False), "do_layer_norm_before=False puts the LayerNorms after the blocks"),
+])
+def test_opt_variants_the_records_cannot_express_are_refused(tmp_path, make_random_model, overrides, match):
+    source = make_random_model("opt", tmp_path / "hf", **overrides)
+    with pytest.raises(UnsupportedConfigError, match=match):
+        export(str(source), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -48,7 +48,7 @@ def steps_agree(portable, lowered, pad=2, prompt=6, decode=8, seed=0):
         np.testing.assert_allclose(lowered_logits, oracle, atol=ATOL, rtol=0, err_msg=f"step {step}")
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma3", "phi3", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma3", "phi3", "opt", "gpt2"])
 def test_every_family_matches_onnxruntime_on_the_portable_graph(tiny_model, tmp_path, family):
     portable = tiny_model(family)[1]
     lowered = build(portable, tmp_path / "lowered")
