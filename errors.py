@@ -25,6 +25,10 @@ class UnsupportedConfigError(PlanforgeError):
     """A supported architecture uses a config option the exporter cannot express."""
 
 
+class ExportMismatchError(PlanforgeError):
+    """The exported graph's logits do not reproduce the source model's; nothing was written."""
+
+
 class AdapterError(PlanforgeError):
     """A LoRA adapter directory could not be loaded or merged."""
 

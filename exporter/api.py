@@ -15,6 +15,7 @@ from planforge.errors import UnsupportedConfigError
 from planforge.exporter import loading
 from planforge.exporter.decoder_graph import build_decoder_graph
 from planforge.exporter.registry import adapter_for
+from planforge.exporter.verify import check_against_source
 from planforge.genai_config import write_genai_config
 from planforge.tokenizer import pin_special_tokens
 from planforge.exporter.progress import ExportProgress
@@ -87,6 +88,8 @@ def export(model: str, out: Path, options: ExportOptions = ExportOptions()) -> M
         bar.stage("writing model.onnx")
         external = _save_onnx(graph.model, tmp, options.external_data)
         bar.step_done()
+        bar.stage("checking against the source")
+        check_against_source(tmp / constants.MODEL_FILE, hf_model, dims, options.dtype, adapter.family)
         tokenizer = loading.load_tokenizer(model_dir)
         if tokenizer is None:
             log.warning("%s has no fast tokenizer; the compiled model will accept token ids only.", model_dir)

@@ -92,7 +92,14 @@ def adapter_for(config) -> ArchitectureAdapter:
         if name in _ADAPTERS:
             return _ADAPTERS[name](config)
     found = ", ".join(names) or f"model_type {getattr(config, 'model_type', '?')!r} with no `architectures`"
-    raise UnsupportedArchitectureError(
-        f"Architecture {found} is not supported. Supported architectures: {', '.join(supported)}. "
-        "Support for a new family is one adapter file in exporter/architectures/."
-    )
+    from planforge.exporter.architectures.structural import StructuralAdapter
+
+    try:
+        adapter = StructuralAdapter.fit(config)  # a family no adapter names, if it fits the records by structure
+    except UnsupportedArchitectureError as misfit:
+        raise UnsupportedArchitectureError(
+            f"Architecture {found} is not supported: no adapter names it, and it does not fit the shared records "
+            f"by structure ({misfit}). Supported architectures: {', '.join(supported)}. Support for a new family "
+            "is one adapter file in exporter/architectures/.") from None
+    log.info("%s has no adapter of its own; exporting it through the structural adapter", found)
+    return adapter

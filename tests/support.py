@@ -64,7 +64,9 @@ def make_config(family: str, **overrides):
                      "gemma": (tf.GemmaConfig, "GemmaForCausalLM"),
                      "gemma2": (tf.Gemma2Config, "Gemma2ForCausalLM"),
                      "gemma3": (tf.Gemma3TextConfig, "Gemma3ForCausalLM"),
-                     "phi3": (tf.Phi3Config, "Phi3ForCausalLM")}[family]
+                     "phi3": (tf.Phi3Config, "Phi3ForCausalLM"),
+                     # no adapter of its own: exported through the structural adapter
+                     "seed_oss": (tf.SeedOssConfig, "SeedOssForCausalLM")}[family]
         extra = {"mistral": dict(sliding_window=8), "qwen2": dict(num_key_value_heads=1),
                  "qwen3": dict(head_dim=32),  # head_dim != hidden / heads, as in Qwen3
                  "granite": dict(embedding_multiplier=3.0, attention_multiplier=0.2, residual_multiplier=0.4,
@@ -76,7 +78,8 @@ def make_config(family: str, **overrides):
                                 layer_types=["sliding_attention", "full_attention"]),
                  "gemma3": dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=6,
                                 layer_types=["sliding_attention", "full_attention"]),
-                 "phi3": dict(original_max_position_embeddings=256)}.get(family, {})
+                 "phi3": dict(original_max_position_embeddings=256),
+                 "seed_oss": dict(head_dim=16, attention_bias=True)}.get(family, {})
         config = cls(**{**llama_like, **extra})
         config.architectures = [arch]
     for key, value in overrides.items():

@@ -7,7 +7,7 @@ import torch
 
 from planforge.runtime import open_backend
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gemma3", "phi3", "opt", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gemma3", "phi3", "opt", "seed_oss", "gpt2")
 ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
 
 
