@@ -47,19 +47,20 @@ def _relative_error(onnx_path: Path, hf_model, dims, dtype: str) -> float:
     import torch
 
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, dims.vocab_size, (1, TOKENS + 1))
+    tokens = max(1, min(TOKENS, dims.max_seq_len - 1))  # the prefill, then one decode step, within max_seq_len
+    ids = rng.integers(0, dims.vocab_size, (1, tokens + 1))
     with torch.no_grad():
         reference = hf_model(input_ids=torch.from_numpy(ids)).logits.float().numpy()  # (1, T + 1, V)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     kv = {"fp32": np.float32, "fp16": np.float16}[dtype]
-    feeds = {constants.INPUT_IDS: ids[:, :TOKENS], constants.ATTENTION_MASK: np.ones((1, TOKENS), np.int64),
-             constants.POSITION_IDS: np.arange(TOKENS)[None]}
+    feeds = {constants.INPUT_IDS: ids[:, :tokens], constants.ATTENTION_MASK: np.ones((1, tokens), np.int64),
+             constants.POSITION_IDS: np.arange(tokens)[None]}
     for i in range(dims.num_layers):
         for name in (constants.past_key(i), constants.past_value(i)):
             feeds[name] = np.zeros((1, dims.num_kv_heads, 0, dims.head_dim), kv)
     outputs = session.run(None, feeds)
-    step = {constants.INPUT_IDS: ids[:, TOKENS:], constants.ATTENTION_MASK: np.ones((1, TOKENS + 1), np.int64),
-            constants.POSITION_IDS: np.array([[TOKENS]])}
+    step = {constants.INPUT_IDS: ids[:, tokens:], constants.ATTENTION_MASK: np.ones((1, tokens + 1), np.int64),
+            constants.POSITION_IDS: np.array([[tokens]])}
     for i in range(dims.num_layers):
         step[constants.past_key(i)], step[constants.past_value(i)] = outputs[1 + 2 * i], outputs[2 + 2 * i]
     logits = np.concatenate([outputs[0], session.run([constants.LOGITS], step)[0]], axis=1).astype(np.float32)
