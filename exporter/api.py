@@ -67,6 +67,20 @@ def _save_onnx(model: onnx.ModelProto, out: Path, mode: str) -> bool:
     return external
 
 
+def _check_layer_shapes(weights, dims) -> None:
+    """Refuses layers whose projections the one KV contract cannot hold (per-layer head counts or head dims)."""
+    expected = {"q_proj": dims.num_heads * dims.head_dim, "k_proj": dims.num_kv_heads * dims.head_dim,
+                "v_proj": dims.num_kv_heads * dims.head_dim}
+    for i, layer in enumerate(weights.layers):
+        for role, rows in expected.items():
+            got = getattr(layer, role).weight.shape[0]
+            if got != rows:
+                raise UnsupportedConfigError(
+                    f"layer {i} ({layer.attention_module}): {role} has {got} outputs where the model's "
+                    f"{dims.num_heads if role == 'q_proj' else dims.num_kv_heads} heads of {dims.head_dim} need "
+                    f"{rows}; heads or head dims that differ per layer do not fit one KV cache contract.")
+
+
 def export(model: str, out: Path, options: ExportOptions = ExportOptions()) -> Manifest:
     """Exports ``model`` (a local directory or a cached hub id) to the compiled-model directory ``out``."""
     if options.dtype not in DTYPES:
@@ -83,8 +97,9 @@ def export(model: str, out: Path, options: ExportOptions = ExportOptions()) -> M
             hf_model = loading.merge_lora(hf_model, options.adapter)
         bar.step_done()
         bar.stage("building graph")
-        graph = build_decoder_graph(dims, style, adapter.weights(hf_model, dims), options.dtype,
-                                    __version__, on_layer=bar.layer_done)
+        weights = adapter.weights(hf_model, dims)
+        _check_layer_shapes(weights, dims)
+        graph = build_decoder_graph(dims, style, weights, options.dtype, __version__, on_layer=bar.layer_done)
         bar.stage("writing model.onnx")
         external = _save_onnx(graph.model, tmp, options.external_data)
         bar.step_done()

@@ -6,7 +6,8 @@ import os
 import warnings
 from pathlib import Path
 
-from planforge.errors import AdapterError, CheckpointError, ModelNotFoundError, UnsupportedArchitectureError
+from planforge.errors import (AdapterError, CheckpointError, ModelNotFoundError, UnsupportedArchitectureError,
+                              UnsupportedConfigError)
 
 # Nothing planforge does at run time may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,6 +101,13 @@ def load_model(model_dir: Path):
             f"cannot load the weights in {model_dir}: {exc}. The directory needs model.safetensors "
             "(or pytorch_model.bin) next to config.json."
         ) from None
+    except (KeyError, ValueError, TypeError) as exc:  # raised while building the model from its config
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "ignore_mismatched_sizes" in first:
+            raise CheckpointError(_unreadable_weights(model_dir, exc)) from None
+        raise UnsupportedConfigError(f"transformers cannot build the model from {model_dir / 'config.json'}: "
+                                     f"{type(exc).__name__} {first}. A value there is one it does not accept; fix "
+                                     "config.json or use the checkpoint's original one.") from None
     except Exception as exc:  # noqa: BLE001 (safetensors, pickle and torch raise their own types)
         raise CheckpointError(_unreadable_weights(model_dir, exc)) from None
     _check_complete(model_dir, info)

@@ -67,3 +67,37 @@ def test_a_planted_adapter_bug_is_caught_before_writing(tiny_model, tmp_path, mo
     with pytest.raises(ExportMismatchError, match="does not reproduce the source model"):
         export(str(tiny_model("llama")[0]), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_per_layer_head_shapes_the_kv_contract_cannot_hold_are_refused(tiny_model, tmp_path, monkeypatch):
+    from planforge.errors import UnsupportedConfigError
+    from planforge.exporter.architectures.llama import LlamaAdapter
+
+    weights = LlamaAdapter.weights
+
+    def one_layer_with_fewer_kv_heads(self, model, dims):
+        result = weights(self, model, dims)
+        layer = result.layers[1]
+        layer.k_proj.weight = layer.k_proj.weight[: dims.head_dim]  # 1 KV head in layer 1, 2 elsewhere
+        return result
+
+    monkeypatch.setattr(LlamaAdapter, "weights", one_layer_with_fewer_kv_heads)
+    with pytest.raises(UnsupportedConfigError, match=r"layer 1 \(model\.layers\.1\.self_attn\): k_proj has 16 outputs "
+                                                     r"where the model's 2 heads of 16 need 32"):
+        export(str(tiny_model("llama")[0]), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_value_transformers_rejects_is_named(tmp_path):
+    import json
+
+    source = _save(tmp_path, "LlamaConfig", "LlamaForCausalLM")
+    config = json.loads((source / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "no-such-rope", "rope_theta": 10000.0}
+    (source / "config.json").write_text(json.dumps(config))
+    from planforge.errors import UnsupportedConfigError
+
+    with pytest.raises(UnsupportedConfigError, match="transformers cannot build the model from .*config.json: "
+                                                     "KeyError 'no-such-rope'"):
+        export(str(source), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
