@@ -19,9 +19,10 @@ class SamplingConfig:
     seed: Optional[int] = None
 
     def __post_init__(self):
-        if self.temperature <= 0:
+        if not 0 < self.temperature < float("inf"):  # NaN and inf too: they would sample from NaN or uniformly
             raise InvalidGenerationConfigError(
-                f"temperature must be > 0, got {self.temperature}; for deterministic output use greedy decoding.")
+                f"temperature must be a finite number > 0, got {self.temperature}; for deterministic output use "
+                "greedy decoding.")
         if self.top_k < 0:
             raise InvalidGenerationConfigError(f"top_k must be >= 0 (0 disables it), got {self.top_k}.")
         if not 0.0 < self.top_p <= 1.0:

@@ -31,7 +31,7 @@ def test_streaming_settings(sinks, window):
 
 @given(temperature=floats, top_k_=st.integers(-5, 10**6), top_p=floats)
 def test_sampling_settings(temperature, top_k_, top_p):
-    valid = temperature > 0 and top_k_ >= 0 and 0.0 < top_p <= 1.0  # NaN compares false: refused
+    valid = 0 < temperature < math.inf and top_k_ >= 0 and 0.0 < top_p <= 1.0  # NaN compares false: refused
     if valid:
         SamplingConfig(do_sample=True, temperature=temperature, top_k=top_k_, top_p=top_p)
     else:
