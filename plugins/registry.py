@@ -18,7 +18,7 @@ import importlib
 import pkgutil
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 from planforge.errors import PluginVersionError
@@ -47,20 +47,25 @@ class PluginOp:
         """Runs the op on torch tensors (``None`` for an omitted optional input) through
         ``torch.ops.planforge.<torch_op>``: the outputs in schema order, an aliased output being the
         (updated) input itself. ``attributes`` are the node's, the TensorRT lookup ones ignored."""
-        import torch
-
-        importlib.import_module(f"planforge.plugins.{self.package}")  # registers torch.ops.planforge.*
-        overload = getattr(torch.ops.planforge, self.schema.torch_op).default
+        overload, bool_args = self._torch_op
         kwargs = {**self.schema.attribute_defaults(),
                   **{k: v for k, v in attributes.items() if k not in NODE_ATTRIBUTES}}
-        for arg in overload._schema.arguments:  # ONNX has no bool attributes: rolling=1 -> True
-            if arg.name in kwargs and str(arg.type) == "bool":
-                kwargs[arg.name] = bool(kwargs[arg.name])
+        for name in bool_args.intersection(kwargs):  # ONNX has no bool attributes: rolling=1 -> True
+            kwargs[name] = bool(kwargs[name])
         result = overload(*inputs, **kwargs)
         produced = iter(result if isinstance(result, (tuple, list)) else ([] if result is None else [result]))
         by_name = {spec.name: value for spec, value in zip(self.schema.inputs, inputs)}
         aliases = dict(self.schema.aliases)
         return [by_name[aliases[spec.name]] if spec.name in aliases else next(produced) for spec in self.schema.outputs]
+
+    @cached_property
+    def _torch_op(self):
+        """The op's torch overload and its bool arguments, looked up once (``run`` is on every step's path)."""
+        import torch
+
+        importlib.import_module(f"planforge.plugins.{self.package}")  # registers torch.ops.planforge.*
+        overload = getattr(torch.ops.planforge, self.schema.torch_op).default
+        return overload, frozenset(a.name for a in overload._schema.arguments if str(a.type) == "bool")
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -116,13 +121,9 @@ def check_op_versions(recorded: dict[str, int]) -> None:
 
 # ---- ONNX registration ---------------------------------------------------------------------------
 
+@cache
 def register_onnx_schemas() -> None:
     """Registers every plugin op with ``onnx.defs`` (once per process)."""
-    _register_all()
-
-
-@cache
-def _register_all() -> None:
     from onnx import defs
 
     for op in plugin_ops().values():

@@ -34,9 +34,6 @@ from planforge.manifest import Manifest, check_graph_inputs
 from planforge.runtime.backends.base import Backend
 from planforge.runtime.backends.registry import register_backend
 
-_TORCH_KV_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
 @dataclass
 class TorchKVCache:
     values: list  # [key_0, value_0, ...] torch tensors on the device, each (B, Hkv, P, D)
@@ -91,7 +88,7 @@ class TorchBackend(Backend):
             check_op_versions(manifest.plugin_ops)
         self._graph = TorchGraph(model_path, device)
         check_graph_inputs(manifest, self._graph.input_shapes, self.model_dir)
-        self._kv_dtype = getattr(torch, _TORCH_KV_DTYPES[manifest.dtype])
+        self._kv_dtype = getattr(torch, manifest.kv_numpy_dtype)  # the same names in torch
         self._in_place = "kv_cache" in manifest.io
         self._graphed = None  # decode steps of the lowered contract on CUDA replay a captured graph
         # fp16/bf16 only: float32 runs the ops' torch references, whose checks read values on the host
@@ -131,9 +128,8 @@ class TorchBackend(Backend):
         assert input_ids.shape == position_ids.shape, (input_ids.shape, position_ids.shape)
         assert attention_mask.shape[1] == cache.length + input_ids.shape[1], "mask must cover past + new tokens"
         if self._in_place:
-            logits, cache = self._forward_in_place(np.asarray(input_ids), np.asarray(attention_mask),
-                                                   np.asarray(position_ids), cache, last_only)
-            return logits, cache
+            return self._forward_in_place(np.asarray(input_ids), np.asarray(attention_mask),
+                                          np.asarray(position_ids), cache, last_only)
         feeds = {constants.INPUT_IDS: self._tensor(input_ids), constants.ATTENTION_MASK: self._tensor(attention_mask),
                  constants.POSITION_IDS: self._tensor(position_ids), **dict(zip(self._cache_names, cache.values))}
         logits, *presents = self._graph.run(feeds)

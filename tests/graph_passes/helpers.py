@@ -1,12 +1,39 @@
-"""Builds one quantized linear as a standalone ONNX model and runs it on ONNX Runtime."""
+"""Builds one (quantized) linear as a standalone ONNX model, and runs one on ONNX Runtime."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
+from planforge.graph_passes.calibration import LinearStats
 from planforge.graph_passes.node_builder import NodeBuilder
-from planforge.graph_passes.quantize_linears import build_quantized_linear
+from planforge.graph_passes.pipeline import Pipeline
+from planforge.graph_passes.quantize_linears import QuantizeLinearsPass, build_quantized_linear
+
+
+def linear_model(w: np.ndarray, dtype: int = 1) -> ir.Model:
+    """y = x @ w for x (B, S, K) of TensorProto ``dtype``, one MatMul named like an exported linear."""
+    import onnx
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    k, n = w.shape
+    np_dtype = onnx.helper.tensor_dtype_to_np_dtype(dtype)
+    graph = h.make_graph([h.make_node("MatMul", ["x", "lin.weight"], ["y"], name="lin/MatMul")], "one_linear",
+                         [h.make_tensor_value_info("x", dtype, ["B", "S", k])],
+                         [h.make_tensor_value_info("y", dtype, ["B", "S", n])],
+                         [nh.from_array(w.astype(np_dtype), "lin.weight")])
+    return ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 23)], ir_version=10))
+
+
+def quantized_linear_model(w: np.ndarray, options, dtype: int = 1, role: str = "q_proj") -> ir.Model:
+    """``linear_model`` through the quantize pass, with calibration maxima in which some columns stand out."""
+    model = linear_model(w, dtype)
+    linears = [dict(layer=0, role=role, module="lin", weight="lin.weight", bias=None, in_features=w.shape[0],
+                    out_features=w.shape[1])]
+    absmax = np.random.default_rng(3).random(w.shape[0]) + np.arange(w.shape[0]) % 7
+    Pipeline([QuantizeLinearsPass(options, linears, {"lin.weight": LinearStats(absmax, None)})])(model)
+    return model
 
 
 def run_quantized_linear(x: np.ndarray, ql, extra_outputs=(), dtype=ir.DataType.FLOAT, session_config=None):

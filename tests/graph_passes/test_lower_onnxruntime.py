@@ -14,40 +14,22 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 from onnx import helper as h
-from onnx import numpy_helper as nh
 
 from planforge.errors import ContribOpUnavailableError
 from planforge.graph_passes.api import OptimizeOptions, optimize
-from planforge.graph_passes.calibration import LinearStats
 from planforge.graph_passes.lower_onnxruntime import LowerOnnxRuntimePass, pack_nbits
 from planforge.graph_passes.node_builder import NodeBuilder
 from planforge.graph_passes.pipeline import Pipeline
-from planforge.graph_passes.quantize_linears import QuantizeLinearsPass, build_quantized_linear, quantize_linear
+from planforge.graph_passes.quantize_linears import build_quantized_linear, quantize_linear
 from planforge.graph_passes.schemes import LinearFormat, QuantOptions
 from planforge.manifest import Manifest
 from planforge.runtime import open_backend
 from sparsity_support import make_predictor, run_steps
 
+from .helpers import linear_model as _linear_model
+from .helpers import quantized_linear_model as _quantized
+
 K, N = 96, 40
-
-
-def _linear_model(w: np.ndarray, dtype=TensorProto.FLOAT) -> ir.Model:
-    k, n = w.shape
-    np_dtype = onnx.helper.tensor_dtype_to_np_dtype(dtype)
-    graph = h.make_graph([h.make_node("MatMul", ["x", "lin.weight"], ["y"], name="lin/MatMul")], "one_linear",
-                         [h.make_tensor_value_info("x", dtype, ["B", "S", k])],
-                         [h.make_tensor_value_info("y", dtype, ["B", "S", n])],
-                         [nh.from_array(w.astype(np_dtype), "lin.weight")])
-    return ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 23)], ir_version=10))
-
-
-def _quantized(w, options: QuantOptions, dtype=TensorProto.FLOAT, role="q_proj") -> ir.Model:
-    model = _linear_model(w, dtype)
-    linears = [dict(layer=0, role=role, module="lin", weight="lin.weight", bias=None, in_features=w.shape[0],
-                    out_features=w.shape[1])]
-    absmax = np.random.default_rng(3).random(w.shape[0]) + np.arange(w.shape[0]) % 7  # some columns stand out
-    Pipeline([QuantizeLinearsPass(options, linears, {"lin.weight": LinearStats(absmax, None)})])(model)
-    return model
 
 
 def _session(model, threads=None, outputs=()):

@@ -14,31 +14,16 @@ import pytest
 import torch
 from onnx import TensorProto
 from onnx import helper as h
-from onnx import numpy_helper as nh
 
-from planforge.graph_passes.calibration import LinearStats
 from planforge.graph_passes.lower_plugins import plugin
-from planforge.graph_passes.pipeline import Pipeline
-from planforge.graph_passes.quantize_linears import QuantizeLinearsPass
 from planforge.graph_passes.quik_rule import QuikLinearRule, pack_codes
 from planforge.graph_passes.schemes import QuantOptions
 from planforge.plugins.w4a4_gemm.reference import pack, unpack
 from planforge.runtime.torch_graph.graph import TorchGraph
 
+from .helpers import quantized_linear_model as quantized_linear
+
 K, N = 96, 40
-
-
-def quantized_linear(w: np.ndarray, options: QuantOptions, dtype, role: str) -> ir.Model:
-    np_dtype = onnx.helper.tensor_dtype_to_np_dtype(dtype)
-    graph = h.make_graph([h.make_node("MatMul", ["x", "lin.weight"], ["y"], name="lin/MatMul")], "one_linear",
-                         [h.make_tensor_value_info("x", dtype, ["B", "S", K])],
-                         [h.make_tensor_value_info("y", dtype, ["B", "S", N])],
-                         [nh.from_array(w.astype(np_dtype), "lin.weight")])
-    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 23)], ir_version=10))
-    linears = [dict(layer=0, role=role, module="lin", weight="lin.weight", bias=None, in_features=K, out_features=N)]
-    absmax = np.random.default_rng(3).random(K) + np.arange(K) % 7  # some columns stand out
-    Pipeline([QuantizeLinearsPass(options, linears, {"lin.weight": LinearStats(absmax, None)})])(model)
-    return model
 
 
 def lower(model: ir.Model) -> ir.Model:
