@@ -40,6 +40,7 @@ from planforge.errors import LoweringError
 from planforge.graph_passes.base import GraphPass, PassContext
 from planforge.graph_passes.node_builder import NodeBuilder
 from planforge.graph_passes.quik_rule import QuikLinearRule
+from planforge.graph_passes.sparse_rule import RowLayout, SparseLayerRule, SparseLayerSite
 from planforge.manifest import Manifest
 from planforge.plugins import DOMAIN
 from planforge.plugins.registry import NODE_ATTRIBUTES, opset_version, plugin_op
@@ -74,12 +75,14 @@ def plugin(b: NodeBuilder, op_type: str, inputs: list, name: str, **attributes):
 class AttentionKVCacheRule:
     """Opset-23 ``Attention`` with a past/present cache -> ``KVCacheUpdate`` + fused prefill/decode."""
 
-    def check(self, node: ir.Node, layer: int, manifest: Manifest, graph: ir.Graph) -> Union[AttentionSite, str]:
+    def check(self, node: ir.Node, layer: int, manifest: Manifest, graph: ir.Graph,
+              if_node: Optional[ir.Node] = None) -> Union[AttentionSite, str]:
+        """``if_node``: the sparsity If whose dense branch holds ``node`` (its presents leave through the If)."""
         where = f"{node.name} ({node.op_type})"
         inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
         q, k, v, mask, past_k, past_v = inputs[:6]
         if past_k is None or past_v is None or past_k not in graph.inputs or past_v not in graph.inputs:
-            return f"{where}: no past key/value graph inputs (a streaming or sparse graph); not lowered yet"
+            return f"{where}: no past key/value graph inputs (a streaming graph); not lowered yet"
         attrs = {name: attr.value for name, attr in node.attributes.items()}
         if attrs.get("is_causal", 0) or attrs.get("softcap", 0.0) or attrs.get("qk_matmul_output_mode", 0):
             return f"{where}: is_causal, softcap or qk_matmul_output_mode is set; the fused ops have none"
@@ -87,7 +90,13 @@ class AttentionKVCacheRule:
             return f"{where}: dtype {past_k.dtype} (the fused ops take float32, float16, bfloat16)"
         if "q_num_heads" not in attrs or (q.shape is not None and len(q.shape) != 3):
             return f"{where}: q is not (B, S, H*D) with q_num_heads; only the exporter's 3-D form is lowered"
-        presents = [use.node for out in node.outputs[1:3] for use in out.uses()]
+        present_values = list(node.outputs[1:3])
+        if if_node is not None:
+            branch_outputs = list(if_node.attributes["else_branch"].value.outputs)
+            if any(out not in branch_outputs for out in present_values):
+                return f"{where}: present key/value are not outputs of its sparsity If"
+            present_values = [if_node.outputs[branch_outputs.index(out)] for out in present_values]
+        presents = [use.node for out in present_values for use in out.uses()]
         if len(presents) != 2 or any(n.op_type != "Identity" or n.outputs[0] not in graph.outputs for n in presents):
             return f"{where}: present key/value are read inside the graph; only graph outputs are expected"
         d = manifest.dims
@@ -97,33 +106,15 @@ class AttentionKVCacheRule:
 
     def rewrite(self, graph: ir.Graph, site: AttentionSite, shared: "SharedValues") -> tuple[ir.Value, ir.Value]:
         """Rewrites one layer; returns its new cache inputs (the in-place buffers)."""
-        node, i = site.node, site.layer
+        node = site.node
         b = NodeBuilder(graph, f"{node.name}/planforge")
-        q, k, v = node.inputs[:3]
-        heads = lambda x, h, tag: b.op("Transpose", [b.op("Reshape", [x, b.const(f"{tag}.heads", np.array(  # noqa: E731
-            [0, 0, h, site.head_dim], np.int64))], f"{tag}/Reshape")], f"{tag}/Transpose", perm=[0, 2, 1, 3])
-        qh, kh, vh = heads(q, site.num_heads, "q"), heads(k, site.kv_heads, "k"), heads(v, site.kv_heads, "v")
-        capacity = site.window or shared.manifest.dims.max_seq_len
-        elem = site.past[0].dtype
-        cache_in = [ir.Value(name=name(i), type=ir.TensorType(elem),
-                             shape=ir.Shape(["batch", site.kv_heads, capacity, site.head_dim]))
-                    for name in (constants.cache_key, constants.cache_value)]
-        k_cache, v_cache = plugin(b, "KVCacheUpdate", [*cache_in, kh, vh, shared.past_lengths], "KVCacheUpdate",
-                                  rolling=int(site.capacity_rolling), sinks=0)
-        k_cache.name, v_cache.name = constants.cache_key_out(i), constants.cache_value_out(i)
-        for out in (k_cache, v_cache):
-            out.type, out.shape = ir.TensorType(elem), ir.Shape(["batch", site.kv_heads, capacity, site.head_dim])
-
+        cache = self.write_cache(b, site, shared)
         decode = NodeBuilder(graph, f"{node.name}/planforge/decode")
-        q1 = decode.op("Squeeze", [qh, decode.const("seq_axis", np.array([2], np.int64))], "q/Squeeze")
-        attended = plugin(decode, "FusedAttentionDecode", [q1, k_cache, v_cache, shared.seq_lens(b, capacity)],
-                          "FusedAttentionDecode", scale=site.scale)
-        y_decode = decode.op("Reshape", [attended, decode.const("rows", np.array([0, 1, -1], np.int64))], "y")
+        y_decode = self.decode(decode, site, to_heads(decode, node.inputs[0], site.num_heads, site.head_dim, "q"),
+                               cache, shared.seq_lens(b, cache.capacity))
         prefill = NodeBuilder(graph, f"{node.name}/planforge/prefill")
-        attended = plugin(prefill, "FusedAttentionPrefill", [qh, kh, vh], "FusedAttentionPrefill",
-                          scale=site.scale, window=site.window or 0, sinks=0)
-        y_prefill = prefill.op("Reshape", [prefill.op("Transpose", [attended], "y/Transpose", perm=[0, 2, 1, 3]),
-                                           prefill.const("rows", np.array([0, 0, -1], np.int64))], "y")
+        y_prefill = self.prefill(prefill, site, to_heads(prefill, node.inputs[0], site.num_heads, site.head_dim, "q"),
+                                 cache)
         y_old = node.outputs[0]
         for y in (y_decode, y_prefill):
             y.type, y.shape = y_old.type, y_old.shape
@@ -136,11 +127,65 @@ class AttentionKVCacheRule:
             f"{node.name}/planforge/y", y_old.type, y_old.shape
         graph.insert_before(node, b.nodes + [if_node])
         y_old.replace_all_uses_with(if_node.outputs[0], replace_graph_outputs=True)
+        self.drop_presents(graph, site, cache)
+        graph.remove(node, safe=True)
+        return cache.inputs
+
+    @staticmethod
+    def write_cache(b: NodeBuilder, site: AttentionSite, shared: "SharedValues") -> "LayerCache":
+        """The layer's preallocated cache inputs and their in-place ``KVCacheUpdate`` with this step's K/V."""
+        i, k, v = site.layer, site.node.inputs[1], site.node.inputs[2]
+        kh, vh = (to_heads(b, x, site.kv_heads, site.head_dim, tag) for x, tag in ((k, "k"), (v, "v")))
+        capacity = site.window or shared.manifest.dims.max_seq_len
+        elem, shape = site.past[0].dtype, ir.Shape(["batch", site.kv_heads, capacity, site.head_dim])
+        cache_in = [ir.Value(name=name(i), type=ir.TensorType(elem), shape=shape)
+                    for name in (constants.cache_key, constants.cache_value)]
+        k_cache, v_cache = plugin(b, "KVCacheUpdate", [*cache_in, kh, vh, shared.past_lengths], "KVCacheUpdate",
+                                  rolling=int(site.capacity_rolling), sinks=0)
+        k_cache.name, v_cache.name = constants.cache_key_out(i), constants.cache_value_out(i)
+        for out in (k_cache, v_cache):
+            out.type, out.shape = ir.TensorType(elem), shape
+        return LayerCache(tuple(cache_in), k_cache, v_cache, kh, vh, capacity)
+
+    @staticmethod
+    def decode(b: NodeBuilder, site: AttentionSite, qh: ir.Value, cache: "LayerCache", seq_lens: ir.Value):
+        """One token: (B, Hq, 1, D) queries over the updated cache -> (B, 1, Hq*D)."""
+        q1 = b.op("Squeeze", [qh, b.const("seq_axis", np.array([2], np.int64))], "q/Squeeze")
+        attended = plugin(b, "FusedAttentionDecode", [q1, cache.k, cache.v, seq_lens], "FusedAttentionDecode",
+                          scale=site.scale)
+        return b.op("Reshape", [attended, b.const("rows", np.array([0, 1, -1], np.int64))], "y")
+
+    @staticmethod
+    def prefill(b: NodeBuilder, site: AttentionSite, qh: ir.Value, cache: "LayerCache"):
+        """A prompt from an empty cache: causal attention over its own K/V -> (B, S, Hq*D)."""
+        attended = plugin(b, "FusedAttentionPrefill", [qh, cache.k_new, cache.v_new], "FusedAttentionPrefill",
+                          scale=site.scale, window=site.window or 0, sinks=0)
+        return b.op("Reshape", [b.op("Transpose", [attended], "y/Transpose", perm=[0, 2, 1, 3]),
+                                b.const("rows", np.array([0, 0, -1], np.int64))], "y")
+
+    @staticmethod
+    def drop_presents(graph: ir.Graph, site: AttentionSite, cache: "LayerCache") -> None:
+        """The concatenated present K/V outputs give way to the in-place caches."""
         for identity in site.presents:
             graph.outputs.remove(identity.outputs[0])
-        graph.remove(site.presents + [node], safe=True)
-        graph.outputs.extend([k_cache, v_cache])
-        return cache_in[0], cache_in[1]
+        graph.remove(site.presents, safe=True)
+        graph.outputs.extend([cache.k, cache.v])
+
+
+@dataclass
+class LayerCache:
+    inputs: tuple[ir.Value, ir.Value]  # the preallocated buffers (graph inputs)
+    k: ir.Value  # the buffers after this step's KVCacheUpdate (graph outputs, aliased)
+    v: ir.Value
+    k_new: ir.Value  # this step's K/V as (B, Hkv, S, D)
+    v_new: ir.Value
+    capacity: int
+
+
+def to_heads(b: NodeBuilder, x: ir.Value, heads: int, head_dim: int, tag: str) -> ir.Value:
+    """(B, S, H*D) -> (B, H, S, D)."""
+    split = b.op("Reshape", [x, b.const(f"{tag}.heads", np.array([0, 0, heads, head_dim], np.int64))], f"{tag}/Reshape")
+    return b.op("Transpose", [split], f"{tag}/Transpose", perm=[0, 2, 1, 3])
 
 
 class SharedValues:
@@ -194,19 +239,29 @@ class LowerPluginsPass(GraphPass):
         return {"plugin_ops": self.ops, "allow_partial": self.allow_partial, "refused": self.refusals}
 
     def rewrite_graph(self, graph: ir.Graph) -> int:
-        """The main graph only: attention inside If branches (a sparse graph) is refused from here."""
-        sites = self._attention_sites(graph)
+        """Attention in the main graph or in a sparsity If's dense branch, the sparsity Ifs, then QUIK linears."""
+        attentions = [n for n in ir.traversal.RecursiveGraphIterator(graph) if n.op_type == "Attention"]
+        sparse = self._sparse_sites(graph, attentions)
+        sites = self._attention_sites(graph, attentions, sparse)
         self.refusals += self._quik_groups(graph)[1]
         if self.refusals and not self.allow_partial:
             raise LoweringError(f"cannot lower to planforge ops: {summarize(self.refusals)}. Pass --allow-partial "
                                 "to keep these nodes as standard ops (run by the torch backend).")
         count = 0
         if sites:
-            shared = SharedValues(graph, self.manifest)
-            caches = [AttentionKVCacheRule().rewrite(graph, site, shared) for site in sites]
+            shared, rule, rows = SharedValues(graph, self.manifest), AttentionKVCacheRule(), RowLayout(graph)
+            caches = {site.layer: rule.rewrite(graph, site, shared) for site in sites if site.node.graph is graph}
+            for site in sparse:
+                cache = SparseLayerRule().rewrite(graph, site, shared, rule, plugin, rows)
+                if cache is not None:
+                    caches[site.attention.layer] = cache.inputs
+                self._used(*(["SparseHeadsAttention"] if site.heads else []) + (["SparseMLP"] if site.mlp else []))
+                count += 1
+            if rows.nodes:
+                graph.insert_before(graph[0], rows.nodes)
             self.layers = [{"capacity": s.window or self.manifest.dims.max_seq_len, "rolling": s.window is not None}
                            for s in sites]
-            self._replace_inputs(graph, sites, caches, shared)
+            self._replace_inputs(graph, sites, [caches[s.layer] for s in sites], shared)
             self._used("KVCacheUpdate", "FusedAttentionPrefill", "FusedAttentionDecode")
             count += len(sites)
         position = {node: i for i, node in enumerate(graph)}
@@ -218,17 +273,36 @@ class LowerPluginsPass(GraphPass):
         graph.sort()
         return count
 
-    def _attention_sites(self, graph: ir.Graph) -> list[AttentionSite]:
+    def _sparse_sites(self, graph: ir.Graph, attentions: list[ir.Node]) -> list[SparseLayerSite]:
+        """The contextual-sparsity pass's Ifs on the main graph (refusals are recorded)."""
+        rule, sites = SparseLayerRule(), []
+        check = lambda node, if_node: AttentionKVCacheRule().check(  # noqa: E731
+            node, attentions.index(node), self.manifest, graph, if_node)
+        for node in graph:
+            if node.op_type == "If" and node.domain == "":
+                site = rule.check(node, check)
+                if isinstance(site, str):
+                    self.refusals.append(site)
+                else:
+                    sites.append(site)
+                    self.refusals += site.refusals
+        return sites
+
+    def _attention_sites(self, graph: ir.Graph, attentions: list[ir.Node],
+                         sparse: list[SparseLayerSite]) -> list[AttentionSite]:
         """Every layer's site, or none: the cache contract is one for all layers (refusals are recorded)."""
-        attentions = [n for n in ir.traversal.RecursiveGraphIterator(graph) if n.op_type == "Attention"]
+        in_branches = {site.attention.node: site.attention for site in sparse if site.attention is not None}
         rule, sites, refused = AttentionKVCacheRule(), [], []
         for layer, node in enumerate(attentions):
-            site = rule.check(node, layer, self.manifest, graph) if node.graph is graph else \
-                f"{node.name} (Attention): inside an If branch (a sparse graph); not lowered yet"
+            if node.graph is graph:
+                site = rule.check(node, layer, self.manifest, graph)
+            else:
+                site = in_branches.get(node, f"{node.name} (Attention): inside an If branch the sparsity rule did not "
+                                             "match; not lowered")
             (sites if isinstance(site, AttentionSite) else refused).append(site)
         if not refused and len(sites) != self.manifest.dims.num_layers:
             refused.append(f"the graph: {len(sites)} attention sites for {self.manifest.dims.num_layers} layers")
-        self.refusals += refused
+        self.refusals += [r for r in refused if r not in self.refusals]
         return [] if refused else sites
 
     @staticmethod

@@ -1,14 +1,13 @@
-"""Decode attention on predictor-selected heads (``planforge::SparseHeadsAttention``, v2).
+"""Decode attention on predictor-selected query heads (``planforge::SparseHeadsAttention``, v3).
 
-``SparseHeadsAttention(x, w_q, w_k, w_v, w_o, cos, sin, k_cache, v_cache, positions, groups)``:
-for each sequence b and each selected KV group g in ``groups[b]`` (a group is the Hq/Hkv
-query heads sharing KV head g), project the new token ``x[b]`` to q (the group's query
-heads), k and v, rotate q/k with ``cos/sin [B, D/2]``, write k/v at cache slot
-``positions[b]``, attend over slots ``[0, positions[b]]``, and project the heads' outputs
-with their column blocks of ``w_o [d, Hq*D]``. Output ``y [B, d]``; unselected heads
-contribute nothing and their cache is neither read nor written (the selection is fixed
-per sequence). Weights use the Hugging Face layouts. Exact rounding points are listed in
-``reference.py``.
+``SparseHeadsAttention(x, w_q, w_o, k_cache, v_cache, seq_lens, heads, [b_q, cos, sin])``: for each
+sequence b and each selected query head n in ``heads[b]``, project the new token ``x[b]`` with
+rows ``n*D .. n*D+D-1`` of ``w_q [Hq*D, d]`` (plus the bias), rotate with ``cos/sin [B, D/2]``,
+attend over cache entries ``[0, seq_lens[b])`` of KV head ``n // (Hq/Hkv)``, and project back with
+the same rows of ``w_o [Hq*D, d]``. Output ``y [B, d]``; unselected heads contribute nothing. The
+op only reads the caches: the lowered graph writes every KV head (KVCacheUpdate) before it, which
+keeps the cache complete while the selection changes token by token. Exact rounding points are
+listed in ``reference.py``.
 """
 
 from .ops import sparse_heads_decode

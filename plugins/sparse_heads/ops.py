@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .._triton import use_kernel
 from . import reference
 
 
-@torch.library.custom_op("planforge::sparse_heads_decode", mutates_args=("k_cache", "v_cache"))
-def sparse_heads_decode(x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor,
-                        cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        positions: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    args = (x, w_q, w_k, w_v, w_o, cos, sin, k_cache, v_cache, positions, groups)
+@torch.library.custom_op("planforge::sparse_heads_decode", mutates_args=())
+def sparse_heads_decode(x: torch.Tensor, w_q: torch.Tensor, w_o: torch.Tensor, k_cache: torch.Tensor,
+                        v_cache: torch.Tensor, seq_lens: torch.Tensor, heads: torch.Tensor,
+                        b_q: Optional[torch.Tensor] = None, cos: Optional[torch.Tensor] = None,
+                        sin: Optional[torch.Tensor] = None, scale: float = 0.0) -> torch.Tensor:
+    args = (x, w_q, w_o, k_cache, v_cache, seq_lens, heads, b_q, cos, sin, scale)
     if use_kernel(x):
         from . import kernel  # noqa: PLC0415 (Triton is imported lazily)
 
@@ -21,5 +24,5 @@ def sparse_heads_decode(x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w
 
 
 @sparse_heads_decode.register_fake
-def _(x, w_q, w_k, w_v, w_o, cos, sin, k_cache, v_cache, positions, groups):
+def _(x, w_q, w_o, k_cache, v_cache, seq_lens, heads, b_q=None, cos=None, sin=None, scale=0.0):
     return torch.empty_like(x)  # (B, d)

@@ -1,7 +1,7 @@
-"""Plain-torch reference of decode attention on selected head groups.
+"""Plain-torch reference of decode attention on selected query heads.
 
-Rounding points (shared with the kernel): q and k are rotated in float32 and rounded to
-x's dtype, k/v are stored in the cache dtype, the attention output is rounded to x's
+Rounding points (shared with the kernel): q is accumulated in float32 (plus its bias) and rounded
+to x's dtype, rotated in float32 and rounded again, the attention output is rounded to x's
 dtype, the output projection accumulates in float32.
 """
 
@@ -13,27 +13,27 @@ from ..fused_attention.reference import attention_decode
 from ..kv_cache_update.reference import apply_rotary
 
 
-def sparse_heads_decode(x, w_q, w_k, w_v, w_o, cos, sin, k_cache, v_cache, positions, groups) -> torch.Tensor:
+def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(B, h) query heads -> (B, h*D) rows of a [Hq*D, ...] weight, int64."""
+    return (heads.long()[..., None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten(1)
+
+
+def sparse_heads_decode(x, w_q, w_o, k_cache, v_cache, seq_lens, heads, b_q=None, cos=None, sin=None,
+                        scale: float = 0.0) -> torch.Tensor:
+    """x (B, d), w_q/w_o (Hq*D, d), caches (B, Hkv, C, D), heads (B, h) int32 -> (B, d) in x's dtype."""
     B, d = x.shape
     Hkv, D = k_cache.shape[1], k_cache.shape[3]
-    G = w_q.shape[0] // (Hkv * D)
-    h = groups.shape[1]
-    y = torch.zeros(B, d, dtype=torch.float32, device=x.device)
-    for b in range(B):
-        sel = groups[b].long()  # (h,)
-        heads = (sel[:, None] * G + torch.arange(G, device=x.device)).flatten()  # (h*G,) query heads
-        xf = x[b].float()
-        q = (w_q.view(-1, D, d)[heads].float() @ xf).to(x.dtype)  # (h*G, D)
-        k = (w_k.view(Hkv, D, d)[sel].float() @ xf).to(x.dtype)  # (h, D)
-        v = (w_v.view(Hkv, D, d)[sel].float() @ xf).to(x.dtype)  # (h, D)
-        c, s = cos[b : b + 1, None], sin[b : b + 1, None]  # (1, 1, D/2)
-        q = apply_rotary(q[None, :, None], c, s)[0, :, 0]  # (h*G, D)
-        k = apply_rotary(k[None, :, None], c, s)[0, :, 0]  # (h, D)
-        p = int(positions[b])
-        k_cache[b, sel, p] = k.to(k_cache.dtype)
-        v_cache[b, sel, p] = v.to(v_cache.dtype)
-        lens = torch.tensor([p + 1], dtype=torch.int32, device=x.device)
-        attn = attention_decode(q[None], k_cache[b : b + 1, sel], v_cache[b : b + 1, sel], lens)[0]  # (h*G, D)
-        w_cols = w_o.view(d, -1, D)[:, heads].float()  # (d, h*G, D)
-        y[b] = torch.einsum("nhe,he->n", w_cols, attn.float())
+    G = w_q.shape[0] // (Hkv * D)  # query heads per KV head
+    h = heads.shape[1]
+    rows = head_rows(heads, D)  # (B, h*D)
+    q = torch.einsum("bnd,bd->bn", w_q[rows].float(), x.float())  # (B, h*D)
+    if b_q is not None:
+        q = q + b_q[rows].float()
+    q = q.to(x.dtype).view(B, h, D)
+    if cos is not None:
+        q = apply_rotary(q[:, :, None], cos[:, None], sin[:, None])[:, :, 0]  # (B, h, D)
+    kv = heads.long() // G  # (B, h) the KV head of each selected query head
+    batch = torch.arange(B, device=x.device)[:, None]
+    attn = attention_decode(q, k_cache[batch, kv], v_cache[batch, kv], seq_lens, scale)  # (B, h, D)
+    y = torch.einsum("bn,bnd->bd", attn.reshape(B, h * D).float(), w_o[rows].float())
     return y.to(x.dtype)

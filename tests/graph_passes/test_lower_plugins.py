@@ -7,17 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from typer.testing import CliRunner
 
 from planforge.cli.app import app
 from planforge.errors import LoweringError, PluginVersionError
 from planforge.graph_passes.api import OptimizeOptions, optimize
+from planforge.graph_passes.contextual_sparsity import SparsityOptions
 from planforge.graph_passes.schemes import QuantOptions
 from planforge.graph_passes.streaming_attention import StreamingOptions
 from planforge.manifest import Manifest
 from planforge.plugins.registry import opset_version, register_onnx_schemas
 from planforge.runtime import open_backend
+from planforge.sparsity.predictor import Predictor
+
+from sparsity_support import make_predictor
 
 ATOL = 1e-4  # fp32 logits; the fused ops compute in float32 like ONNX Runtime, in another order
 
@@ -147,6 +152,60 @@ def test_a_streaming_graph_is_refused_or_kept_with_allow_partial(tiny_model, tmp
     kept = build(streamed, tmp_path / "partial", allow_partial=True)
     assert Manifest.load(kept).target == "torch" and Manifest.load(kept).plugin_ops == {}
     steps_agree(streamed, kept, pad=0, prompt=4, decode=6)
+
+
+def sparse(portable, out, seed=0, **options):
+    """The portable sparse graph: 50% of heads (layers >= 1) and of neurons, a random predictor."""
+    predictor = out.parent / f"{out.name}.predictor.safetensors"
+    make_predictor(Manifest.load(portable).dims, predictor, seed=seed)
+    optimize(portable, out, OptimizeOptions(sparsity=SparsityOptions(0.5, 0.5, predictor), target="portable",
+                                            **options))
+    return out, predictor
+
+
+def weight_bytes(directory) -> int:
+    """Bytes of the float initializers (the int64 shape and index constants left out)."""
+    return sum(t.const_value.nbytes for t in ir.load(directory / "model.onnx").graph.initializers.values()
+               if t.const_value.dtype.is_floating_point())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])  # GQA; q bias; a rolling window
+def test_a_sparse_graph_lowers_onto_the_sparse_ops(tiny_model, tmp_path, family):
+    """The same selections on both sides (the predictor is in the graph): the lowered decode reads the selected
+    heads' and neurons' rows in place, and the artifact holds the dense weights plus the predictor's."""
+    dense = tiny_model(family)[1]
+    portable, predictor = sparse(dense, tmp_path / "sparse")
+    lowered = build(portable, tmp_path / "lowered")
+    assert Manifest.load(lowered).plugin_ops == {
+        "planforge::SparseHeadsAttention": 3, "planforge::SparseMLP": 2, "planforge::KVCacheUpdate": 2,
+        "planforge::FusedAttentionPrefill": 2, "planforge::FusedAttentionDecode": 2}
+    steps_agree(portable, lowered)  # mistral: the window of 8 wraps its rolling cache
+    graph = ir.load(lowered / "model.onnx").graph
+    nodes = list(ir.traversal.RecursiveGraphIterator(graph))
+    assert sum(n.op_type == "SparseHeadsAttention" for n in nodes) == 1  # layer 0's heads stay dense
+    assert sum(n.op_type == "SparseMLP" for n in nodes) == 2
+    assert not any(name.endswith(".sparse_rows") for name in graph.initializers)  # no gathered copies
+    predictor_bytes = sum(t.nbytes for t in Predictor.load(predictor).tensors.values())
+    assert weight_bytes(portable) > weight_bytes(dense) + predictor_bytes
+    assert weight_bytes(lowered) <= weight_bytes(dense) + predictor_bytes
+
+
+def test_a_sparse_mlp_the_op_cannot_express_stays_masked_with_allow_partial(tiny_model, tmp_path):
+    """GPT-2's MLP is GELU without a gate: its decode keeps the masked dense form; its heads (no rotary, biased q)
+    lower onto SparseHeadsAttention."""
+    portable, _ = sparse(tiny_model("gpt2")[1], tmp_path / "sparse")
+    with pytest.raises(LoweringError, match=r"\(Mul\): the masked MLP is not SiLU\(x Wg\) \* \(x Wu\) without biases"):
+        build(portable, tmp_path / "refused")
+    lowered = build(portable, tmp_path / "lowered", allow_partial=True)
+    assert "planforge::SparseHeadsAttention" in Manifest.load(lowered).plugin_ops
+    assert "planforge::SparseMLP" not in Manifest.load(lowered).plugin_ops
+    steps_agree(portable, lowered)
+
+
+def test_a_quantized_sparse_graph_is_refused_with_the_reason(tiny_model, tmp_path):
+    portable, _ = sparse(tiny_model("llama")[1], tmp_path / "sparse", quant=QuantOptions(scheme="w4a16", group=32))
+    with pytest.raises(LoweringError, match="weights are quantized; SparseHeadsAttention and SparseMLP read float"):
+        build(portable, tmp_path / "refused")
 
 
 def test_soft_capped_attention_is_refused_with_the_reason(tiny_model, tmp_path):
