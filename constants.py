@@ -45,7 +45,7 @@ def linear_bias(module: str) -> str:
 
 # The lowered graph's cache contract (``build --target torch``, docs/onnx_contract.md): preallocated
 # buffers updated in place, and the number of valid entries of each sequence before the step.
-LOWERED_IO_VERSION = 1
+LOWERED_IO_VERSION = 2
 PAST_LENGTHS = "past_lengths"
 
 

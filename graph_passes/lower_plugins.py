@@ -41,6 +41,7 @@ from planforge.graph_passes.base import GraphPass, PassContext
 from planforge.graph_passes.node_builder import NodeBuilder
 from planforge.graph_passes.quik_rule import QuikLinearRule
 from planforge.graph_passes.sparse_rule import RowLayout, SparseLayerRule, SparseLayerSite
+from planforge.graph_passes.streaming_rule import StreamingAttentionRule, StreamingPositions, StreamingSite
 from planforge.manifest import Manifest
 from planforge.plugins import DOMAIN
 from planforge.plugins.registry import NODE_ATTRIBUTES, opset_version, plugin_op
@@ -250,7 +251,10 @@ class LowerPluginsPass(GraphPass):
         count = 0
         if sites:
             shared, rule, rows = SharedValues(graph, self.manifest), AttentionKVCacheRule(), RowLayout(graph)
-            caches = {site.layer: rule.rewrite(graph, site, shared) for site in sites if site.node.graph is graph}
+            positions = StreamingPositions(graph, shared.past_lengths)
+            caches = {site.layer: StreamingAttentionRule().rewrite(graph, site, shared, positions, plugin)
+                      if isinstance(site, StreamingSite) else rule.rewrite(graph, site, shared)
+                      for site in sites if site.node.graph is graph}
             for site in sparse:
                 cache = SparseLayerRule().rewrite(graph, site, shared, rule, plugin, rows)
                 if cache is not None:
@@ -259,8 +263,7 @@ class LowerPluginsPass(GraphPass):
                 count += 1
             if rows.nodes:
                 graph.insert_before(graph[0], rows.nodes)
-            self.layers = [{"capacity": s.window or self.manifest.dims.max_seq_len, "rolling": s.window is not None}
-                           for s in sites]
+            self.layers = [self._cache_layout(site) for site in sites]
             self._replace_inputs(graph, sites, [caches[s.layer] for s in sites], shared)
             self._used("KVCacheUpdate", "FusedAttentionPrefill", "FusedAttentionDecode")
             count += len(sites)
@@ -272,6 +275,13 @@ class LowerPluginsPass(GraphPass):
             count += len(group)
         graph.sort()
         return count
+
+    def _cache_layout(self, site) -> dict:
+        """The layer's entry of the I/O contract's ``kv_cache``: capacity, rolling, sinks."""
+        if isinstance(site, StreamingSite):
+            return {"capacity": site.capacity, "rolling": True, "sinks": site.sinks}
+        return {"capacity": site.window or self.manifest.dims.max_seq_len, "rolling": site.window is not None,
+                "sinks": 0}
 
     def _sparse_sites(self, graph: ir.Graph, attentions: list[ir.Node]) -> list[SparseLayerSite]:
         """The contextual-sparsity pass's Ifs on the main graph (refusals are recorded)."""
@@ -289,17 +299,19 @@ class LowerPluginsPass(GraphPass):
         return sites
 
     def _attention_sites(self, graph: ir.Graph, attentions: list[ir.Node],
-                         sparse: list[SparseLayerSite]) -> list[AttentionSite]:
+                         sparse: list[SparseLayerSite]) -> list[Union[AttentionSite, StreamingSite]]:
         """Every layer's site, or none: the cache contract is one for all layers (refusals are recorded)."""
         in_branches = {site.attention.node: site.attention for site in sparse if site.attention is not None}
         rule, sites, refused = AttentionKVCacheRule(), [], []
         for layer, node in enumerate(attentions):
             if node.graph is graph:
                 site = rule.check(node, layer, self.manifest, graph)
+                if isinstance(site, str) and self.manifest.streaming:
+                    site = StreamingAttentionRule().check(node, layer, self.manifest, graph)
             else:
                 site = in_branches.get(node, f"{node.name} (Attention): inside an If branch the sparsity rule did not "
                                              "match; not lowered")
-            (sites if isinstance(site, AttentionSite) else refused).append(site)
+            (refused if isinstance(site, str) else sites).append(site)
         if not refused and len(sites) != self.manifest.dims.num_layers:
             refused.append(f"the graph: {len(sites)} attention sites for {self.manifest.dims.num_layers} layers")
         self.refusals += [r for r in refused if r not in self.refusals]

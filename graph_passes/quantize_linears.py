@@ -25,7 +25,6 @@ part's rounding error.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import ml_dtypes

@@ -86,10 +86,17 @@ class TorchBackend(Backend):
             from planforge.plugins.registry import check_op_versions
 
             check_op_versions(manifest.plugin_ops)
+        if "kv_cache" in manifest.io and manifest.io.get("version") != constants.LOWERED_IO_VERSION:
+            raise CompiledModelError(
+                f"{self.model_dir} was lowered with I/O contract version {manifest.io.get('version')}; this planforge "
+                f"runs version {constants.LOWERED_IO_VERSION}. Rebuild it: `planforge build "
+                f"{manifest.source.get('portable_model', 'PORTABLE_MODEL')} -o OUT --target torch`.")
         self._graph = TorchGraph(model_path, device)
         check_graph_inputs(manifest, self._graph.input_shapes, self.model_dir)
         self._kv_dtype = getattr(torch, manifest.kv_numpy_dtype)  # the same names in torch
         self._in_place = "kv_cache" in manifest.io
+        # A streaming model's cache rolls over its S + W slots: any length runs, the mask covers what it holds.
+        self._streaming_slots = manifest.streaming["cache_slots"] if manifest.streaming else None
         self._graphed = None  # decode steps of the lowered contract on CUDA replay a captured graph
         # fp16/bf16 only: float32 runs the ops' torch references, whose checks read values on the host
         if self._in_place and device == "cuda" and cuda_graphs and manifest.dtype in ("fp16", "bf16"):
@@ -141,7 +148,7 @@ class TorchBackend(Backend):
               last_only: bool = False) -> np.ndarray:
         """One graph run: writes the new tokens at slots ``lengths`` (+ s) of ``buffers``; logits (B, S, V)."""
         capacity = self.manifest.dims.max_seq_len
-        if int(lengths.max()) + ids.shape[1] > capacity:
+        if self._streaming_slots is None and int(lengths.max()) + ids.shape[1] > capacity:
             from planforge.errors import PromptTooLongError
 
             raise PromptTooLongError(f"the KV cache holds {capacity} positions (max_seq_len); this step needs "
@@ -169,6 +176,10 @@ class TorchBackend(Backend):
                      for t in range(S)]
             logits = steps[-1] if last_only else np.concatenate(steps, axis=1)
             # every token is written (a right-padded continuation's padding comes after its real tokens)
-            return logits, InPlaceKVCache(cache.buffers, cache.lengths + S, cache.length + S)
+            return logits, InPlaceKVCache(cache.buffers, cache.lengths + S, self._mask_columns(cache.length + S))
         lengths = cache.lengths + new.sum(axis=1)
-        return logits, InPlaceKVCache(cache.buffers, lengths, cache.length + S)
+        return logits, InPlaceKVCache(cache.buffers, lengths, self._mask_columns(cache.length + S))
+
+    def _mask_columns(self, seen: int) -> int:
+        """The next step's past mask width: every token seen, or a streaming model's S + W slots at most."""
+        return seen if self._streaming_slots is None else min(seen, self._streaming_slots)

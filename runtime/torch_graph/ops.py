@@ -55,6 +55,12 @@ for _name, _fn in {"Sigmoid": torch.sigmoid, "Relu": torch.relu, "Floor": torch.
     ONNX_OPS[_name] = _fn
 
 
+@onnx_op("Mod")
+def mod(a, b, fmod: int = 0):
+    """fmod 0 (integers): the remainder takes the divisor's sign, as Python's %; fmod 1: C's fmod."""
+    return torch.fmod(a, b) if fmod else torch.remainder(a, b)
+
+
 @onnx_op("Div")
 def div(a, b):
     if a.dtype.is_floating_point or b.dtype.is_floating_point:

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from planforge.cli.app import app
-from planforge.errors import LoweringError, PluginVersionError
+from planforge.errors import CompiledModelError, LoweringError, PluginVersionError
 from planforge.graph_passes.api import OptimizeOptions, optimize
 from planforge.graph_passes.contextual_sparsity import SparsityOptions
 from planforge.graph_passes.schemes import QuantOptions
@@ -20,6 +20,7 @@ from planforge.graph_passes.streaming_attention import StreamingOptions
 from planforge.manifest import Manifest
 from planforge.plugins.registry import opset_version, register_onnx_schemas
 from planforge.runtime import open_backend
+from planforge.runtime.generator import GenerationConfig, Generator
 from planforge.sparsity.predictor import Predictor
 
 from sparsity_support import make_predictor
@@ -30,6 +31,14 @@ ATOL = 1e-4  # fp32 logits; the fused ops compute in float32 like ONNX Runtime, 
 def build(portable, out, **options):
     optimize(portable, out, OptimizeOptions(target="torch", force=True, **options))
     return out
+
+
+def assert_valid_onnx(lowered):
+    """The checker (full) and strict shape inference pass once the planforge schemas are registered."""
+    register_onnx_schemas()
+    model = onnx.load(str(lowered / "model.onnx"))
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True)
+    onnx.checker.check_model(inferred, full_check=True)
 
 
 def steps_agree(portable, lowered, pad=2, prompt=6, decode=8, seed=0):
@@ -129,11 +138,9 @@ def test_the_lowered_graph_and_its_contract(tiny_model, tmp_path):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs["plugin_namespace"] == b"planforge" and attrs["plugin_version"] == b"2"
     assert {o.domain: o.version for o in model.opset_import}["planforge"] == opset_version()
-    register_onnx_schemas()
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True)
-    onnx.checker.check_model(inferred, full_check=True)
+    assert_valid_onnx(lowered)
     manifest = Manifest.load(lowered)
-    assert manifest.target == "torch" and manifest.io["version"] == 1
+    assert manifest.target == "torch" and manifest.io["version"] == 2
     assert manifest.plugin_ops == {"planforge::KVCacheUpdate": 2, "planforge::FusedAttentionPrefill": 2,
                                    "planforge::FusedAttentionDecode": 2}
     assert [i.name for i in model.graph.input][:3] == ["input_ids", "position_ids", "past_lengths"]
@@ -142,11 +149,38 @@ def test_the_lowered_graph_and_its_contract(tiny_model, tmp_path):
     assert not (lowered / "genai_config.json").exists()  # ORT-GenAI cannot run this contract
 
 
-def test_a_streaming_graph_is_refused_or_kept_with_allow_partial(tiny_model, tmp_path):
+def test_a_streaming_graph_lowers_onto_a_rolling_sink_cache(tiny_model, tmp_path):
+    """2 sinks + a window of 6 over 18 positions: the rolling cache wraps twice, and every step's positions are
+    the portable graph's (ranks in the kept cache)."""
     streamed = tmp_path / "stream"
     optimize(tiny_model("llama")[1], streamed, OptimizeOptions(streaming=StreamingOptions(2, 6), target="portable"))
-    with pytest.raises(LoweringError, match=r"Attention\): no past key/value graph inputs .*\(and 1 more like it\)"
-                                            r"\. Pass --allow-partial"):
+    lowered = build(streamed, tmp_path / "lowered")
+    manifest = Manifest.load(lowered)
+    assert manifest.plugin_ops == {"planforge::KVCacheUpdate": 2, "planforge::FusedAttentionPrefill": 2,
+                                   "planforge::FusedAttentionDecode": 2}
+    assert manifest.io["kv_cache"][0] == {"layer": 0, "capacity": 8, "rolling": True, "sinks": 2}
+    assert manifest.streaming["cache_slots"] == 8
+    steps_agree(streamed, lowered, pad=0, prompt=4, decode=14)  # streaming batches are never padded
+    assert_valid_onnx(lowered)
+
+
+def test_a_lowered_streaming_model_generates_past_max_seq_len(tiny_model, tmp_path):
+    """The Generator's streaming loop on both backends: greedy tokens agree for 270 positions (max_seq_len 256)."""
+    streamed = tmp_path / "stream"
+    optimize(tiny_model("llama")[1], streamed, OptimizeOptions(streaming=StreamingOptions(2, 14), target="portable"))
+    lowered = build(streamed, tmp_path / "lowered")
+    config = GenerationConfig(max_new_tokens=262, ignore_eos=True)
+    prompt = [[5, 9, 11, 3, 7, 2, 8, 4]]
+    want = Generator(open_backend(streamed, "onnxruntime")).generate(prompt, config).tokens
+    got = Generator(open_backend(lowered)).generate(prompt, config).tokens
+    assert len(got[0]) == 262 and got == want
+
+
+def test_a_streaming_model_with_its_own_window_is_refused_or_kept(tiny_model, tmp_path):
+    streamed = tmp_path / "stream"
+    optimize(tiny_model("mistral")[1], streamed, OptimizeOptions(streaming=StreamingOptions(2, 6), target="portable"))
+    with pytest.raises(LoweringError, match=r"Attention\): a streaming model with its own sliding window .*\(and 1 "
+                                            r"more like it\)\. Pass --allow-partial"):
         build(streamed, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
     kept = build(streamed, tmp_path / "partial", allow_partial=True)
@@ -180,6 +214,7 @@ def test_a_sparse_graph_lowers_onto_the_sparse_ops(tiny_model, tmp_path, family)
         "planforge::SparseHeadsAttention": 3, "planforge::SparseMLP": 2, "planforge::KVCacheUpdate": 2,
         "planforge::FusedAttentionPrefill": 2, "planforge::FusedAttentionDecode": 2}
     steps_agree(portable, lowered)  # mistral: the window of 8 wraps its rolling cache
+    assert_valid_onnx(lowered)
     graph = ir.load(lowered / "model.onnx").graph
     nodes = list(ir.traversal.RecursiveGraphIterator(graph))
     assert sum(n.op_type == "SparseHeadsAttention" for n in nodes) == 1  # layer 0's heads stay dense
@@ -224,6 +259,12 @@ def test_an_op_version_this_planforge_lacks_is_refused(tiny_model, tmp_path):
     (lowered / "planforge.json").write_text(json.dumps(manifest))
     with pytest.raises(PluginVersionError, match="lowered with planforge::KVCacheUpdate version 1; this planforge "
                                                  "has version 2"):
+        open_backend(lowered)
+    manifest["plugin_ops"]["planforge::KVCacheUpdate"] = 2
+    manifest["io"]["version"] = 1
+    (lowered / "planforge.json").write_text(json.dumps(manifest))
+    with pytest.raises(CompiledModelError, match="lowered with I/O contract version 1; this planforge runs version 2. "
+                                                 "Rebuild it: `planforge build "):
         open_backend(lowered)
 
 
