@@ -11,6 +11,15 @@ Measured, medians, with ratios against transformers bf16 (SDPA, its dynamic cach
 same run: decode tokens/s at batch 1 and 16 after a 1k and a 4k context, prefill tokens/s at 2k,
 peak GPU memory, and average board power from NVML during decode. Both sides copy the last
 logits to the host every step (what a sampler on the host needs). The last thing printed is the table.
+
+``--sparse`` adds bf16 with 50% contextual sparsity (heads of layers >= 1 and MLP neurons; the
+shipped predictor on the reference model, a random one of the default size on the 7B shape, whose
+selections are as good as any for timing), lowered onto SparseHeadsAttention + SparseMLP.
+``--streaming`` adds the 7B shape streaming with 4 sinks + a 2044-token window (2048 cache slots):
+decode ms per token at stream positions 4k, 8k, 16k and 32k, batch 1, against transformers decoding
+with the whole context in its cache. The streaming side reaches position p by setting its cache's
+lengths to p after filling its 2048 slots: a step's work is the same at every p (fixed slots; p only
+enters the rotary positions), so the stream is not replayed token by token.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ import torch
 
 REFERENCE = Path(__file__).resolve().parent / "reference_model"
 W4A4_NAME = "planforge torch backend W4A4 (QUIK, fp16, lowered, CUDA graphs)"
+SPARSE_NAME = "planforge torch backend bf16 + 50% sparsity (lowered, CUDA graphs)"
+STREAM_NAME = "planforge torch backend bf16 streaming, 4 sinks + 2044 (lowered, CUDA graphs)"
+STREAM_POSITIONS = (4096, 8192, 16384, 32768)
 DECODE_STEPS = 32
 
 
@@ -113,6 +125,44 @@ def compile_w4a4(source: Path, work: Path) -> Path:
                                                   embedding="float", target="portable"))
     if not lowered.exists():
         optimize(quantized, lowered, OptimizeOptions(target="torch"))
+    return lowered
+
+
+def compile_sparse(source: Path, work: Path) -> Path:
+    """The bf16 export with 50% of heads (layers >= 1) and neurons skipped per token, lowered for torch."""
+    from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.graph_passes.contextual_sparsity import SparsityOptions
+    from planforge.manifest import Manifest
+    from planforge.sparsity.predictor import Predictor, PredictorHeader, expected_shapes
+
+    portable, sparse, lowered = work / "portable", work / "sparse", work / "sparse_lowered"
+    predictor = source / "sparsity_predictor.safetensors"
+    if not predictor.is_file():  # a random predictor of the default size (128 hidden units per scorer)
+        predictor, d = work / "predictor.safetensors", Manifest.load(portable).dims
+        header = PredictorHeader(kind="single", criterion="plainact", num_layers=d.num_layers, num_heads=d.num_heads,
+                                 num_kv_heads=d.num_kv_heads, hidden_size=d.hidden_size,
+                                 intermediate_size=d.intermediate_size, head_hidden=128, neuron_hidden=128)
+        rng = np.random.default_rng(0)
+        tensors = {k: (rng.standard_normal(shape) * 0.05).astype(np.float32) for k, shape in expected_shapes(header).items()}
+        tensors = {k: np.abs(v) + 1.0 if k.endswith("input_std") else v for k, v in tensors.items()}
+        Predictor(header, tensors).save(predictor)
+    if not sparse.exists():
+        optimize(portable, sparse, OptimizeOptions(sparsity=SparsityOptions(0.5, 0.5, predictor), target="portable"))
+    if not lowered.exists():
+        optimize(sparse, lowered, OptimizeOptions(target="torch"))
+    return lowered
+
+
+def compile_streaming(work: Path) -> Path:
+    """The bf16 export streaming with 4 sinks + a 2044-token window, lowered for torch."""
+    from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.graph_passes.streaming_attention import StreamingOptions
+
+    stream, lowered = work / "streaming", work / "streaming_lowered"
+    if not stream.exists():
+        optimize(work / "portable", stream, OptimizeOptions(streaming=StreamingOptions(4, 2044), target="portable"))
+    if not lowered.exists():
+        optimize(stream, lowered, OptimizeOptions(target="torch"))
     return lowered
 
 
@@ -208,6 +258,38 @@ def measure(side, vocab: int, contexts: list[int], batches: list[int], prefill_l
     return row
 
 
+def measure_streaming(hf: "HFSide", stream: "PlanforgeSide", vocab: int, reps: int) -> dict:
+    """Decode ms per token at each stream position, batch 1: transformers with the whole context cached, planforge
+    streaming with its 2048 slots (lengths set to the position: see the module doc)."""
+    from planforge.runtime.backends.torch import InPlaceKVCache
+
+    rng = np.random.default_rng(1)
+    slots = stream.backend.manifest.streaming["cache_slots"]
+    filled = stream.prefill(rng.integers(1, vocab, (1, slots)))
+    token = rng.integers(1, vocab, (1, 1))
+
+    def stream_decode(position: int):
+        cache = InPlaceKVCache(filled.buffers, np.array([position]), slots)
+        for t in range(DECODE_STEPS):
+            _, cache = stream.backend.forward(token, np.ones((1, slots + 1), np.int64), np.array([[position + t]]),
+                                              cache)
+
+    rows = {HFSide.name: {}, STREAM_NAME: {}}
+    stream_decode(STREAM_POSITIONS[0])  # warm-up and graph capture
+    for position in STREAM_POSITIONS:
+        ids = rng.integers(1, vocab, (1, position))
+        times = []
+        for _ in range(reps):
+            cache = hf.prefill(ids)
+            times.append(_time(lambda: hf.decode(cache, ids, DECODE_STEPS), 1))
+        cache = None
+        torch.cuda.empty_cache()
+        rows[HFSide.name][f"ms_per_token_pos{position}"] = statistics.median(times) / DECODE_STEPS * 1e3
+        rows[STREAM_NAME][f"ms_per_token_pos{position}"] = \
+            _time(lambda: stream_decode(position), reps) / DECODE_STEPS * 1e3
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/planforge_bench_gpu"))
@@ -215,6 +297,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8, help="Layers of the 7B-shaped model (of 32).")
     parser.add_argument("--quick", action="store_true", help="1k context only, 2 repetitions.")
     parser.add_argument("--no-w4a4", action="store_true", help="Skip the W4A4 (QUIK) rows.")
+    parser.add_argument("--sparse", action="store_true", help="Add bf16 with 50%% contextual sparsity.")
+    parser.add_argument("--streaming", action="store_true",
+                        help="Add the 7B shape streaming (4 sinks + 2044) at stream positions 4k to 32k.")
     parser.add_argument("--profile-prefill", action="store_true",
                         help="Only profile one 2k prefill of the 7B-shaped model on planforge (torch.profiler table).")
     args = parser.parse_args()
@@ -237,11 +322,14 @@ def main() -> None:
         work = args.work / label.split()[0]
         lowered = compile_model(source, work)
         w4a4 = compile_w4a4(source, work) if not args.no_w4a4 else None
+        sparse = compile_sparse(source, work) if args.sparse else None
         print(f"[{label}] exported and lowered in {time.time() - t0:.0f} s", flush=True)
         rows = {}
         sides = [lambda: HFSide(source), lambda: PlanforgeSide(lowered)]
         if w4a4 is not None:
             sides.append(lambda: PlanforgeSide(w4a4, W4A4_NAME))
+        if sparse is not None:
+            sides.append(lambda: PlanforgeSide(sparse, SPARSE_NAME))
         for make in sides:
             side = make()
             rows[side.name] = measure(side, vocab, contexts, [1, 16], prefill_len, reps)
@@ -250,7 +338,14 @@ def main() -> None:
             torch.cuda.empty_cache()
         results["models"][label] = rows
         results.setdefault("weights_mb", {})[label] = {
-            "bf16": model_file_bytes(lowered) / 1e6, **({"w4a4": model_file_bytes(w4a4) / 1e6} if w4a4 else {})}
+            "bf16": model_file_bytes(lowered) / 1e6, **({"w4a4": model_file_bytes(w4a4) / 1e6} if w4a4 else {}),
+            **({"sparse": model_file_bytes(sparse) / 1e6} if sparse else {})}
+        if args.streaming and source != REFERENCE:  # the reference model has 256 positions
+            hf, stream = HFSide(source), PlanforgeSide(compile_streaming(work), STREAM_NAME)
+            results.setdefault("streaming", {})[label] = measure_streaming(hf, stream, vocab, reps)
+            print(f"[{label}] streaming: {json.dumps(results['streaming'][label])}", flush=True)
+            del hf, stream
+            torch.cuda.empty_cache()
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     print_table(results)
@@ -277,20 +372,29 @@ def profile_prefill(lowered: Path) -> None:
 
 def print_table(results: dict) -> None:
     print(f"\n{results['device']}, torch {results['torch']}; medians of the same run; bf16 ratio = planforge bf16 / "
-          "transformers bf16; W4A4 ratio = W4A4 / planforge bf16")
+          "transformers bf16; W4A4 and sparse ratios = that row / planforge bf16")
+    ratio = lambda x, y: f"{x / y:.2f}" if x is not None and y else "-"  # noqa: E731
+    cell = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
     for label, rows in results["models"].items():
-        hf, pf, q = rows[HFSide.name], rows[PlanforgeSide.name], rows.get(W4A4_NAME, {})
-        print(f"\n{label}\n| metric | transformers bf16 | planforge bf16 | bf16 ratio | planforge W4A4 | W4A4 ratio |"
-              "\n|---|---|---|---|---|---|")
+        hf, pf = rows[HFSide.name], rows[PlanforgeSide.name]
+        q, sp = rows.get(W4A4_NAME, {}), rows.get(SPARSE_NAME, {})
+        print(f"\n{label}\n| metric | transformers bf16 | planforge bf16 | bf16 ratio | planforge W4A4 | W4A4 ratio "
+              "| bf16 + 50% sparse | sparse ratio |\n|---|---|---|---|---|---|---|---|")
         for key in hf:
-            a, b, c = hf[key], pf.get(key), q.get(key)
-            cells = [f"{v:.1f}" if v is not None else "-" for v in (a, b, c)]
-            ratio = lambda x, y: f"{x / y:.2f}" if x is not None and y else "-"  # noqa: E731
-            print(f"| {key} | {cells[0]} | {cells[1]} | {ratio(b, a)} | {cells[2]} | {ratio(c, b)} |")
+            a, b, c, e = hf[key], pf.get(key), q.get(key), sp.get(key)
+            print(f"| {key} | {cell(a)} | {cell(b)} | {ratio(b, a)} | {cell(c)} | {ratio(c, b)} | {cell(e)} "
+                  f"| {ratio(e, b)} |")
         sizes = results.get("weights_mb", {}).get(label, {})
-        if "w4a4" in sizes:
-            print(f"| model file MB | - | {sizes['bf16']:.0f} | - | {sizes['w4a4']:.0f} | "
-                  f"{sizes['w4a4'] / sizes['bf16']:.2f} |")
+        w, sz = sizes.get("w4a4"), sizes.get("sparse")
+        print(f"| model file MB | - | {sizes['bf16']:.0f} | - | {cell(w)} | {ratio(w, sizes['bf16'])} | {cell(sz)} "
+              f"| {ratio(sz, sizes['bf16'])} |")
+    for label, rows in results.get("streaming", {}).items():
+        hf, st = rows[HFSide.name], rows[STREAM_NAME]
+        first = st[f"ms_per_token_pos{STREAM_POSITIONS[0]}"]
+        print(f"\n{label}, decode ms per token at batch 1\n| stream position | transformers bf16 (whole context) "
+              "| planforge streaming | streaming / its time at 4k |\n|---|---|---|---|")
+        for key in hf:
+            print(f"| {key.removeprefix('ms_per_token_pos')} | {hf[key]:.2f} | {st[key]:.2f} | {st[key] / first:.3f} |")
 
 
 if __name__ == "__main__":

@@ -277,33 +277,63 @@ def test_build_cli(tiny_model, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- CUDA
-@pytest.fixture(scope="module")
-def reference_bf16(tmp_path_factory):
-    """The shipped reference model (head dim 64, which the Triton kernels take) exported in bf16 and lowered."""
+REFERENCE = Path(__file__).resolve().parents[2] / "samples" / "reference_model"
+KINDS = ("dense", "sparse", "streaming")
+
+
+def _reference_kinds(root, dtype):
+    """The shipped reference model (head dim 64, which the Triton kernels take) exported in ``dtype``, made sparse
+    (50% / 50%, the shipped predictor) and streaming (4 sinks + 28: a 32-slot cache that wraps during decode):
+    {kind: (portable, lowered)}."""
     from planforge.exporter.api import ExportOptions, export
 
-    root = tmp_path_factory.mktemp("reference_bf16")
-    source = Path(__file__).resolve().parents[2] / "samples" / "reference_model"
-    export(str(source), root / "portable", ExportOptions(dtype="bf16"))
-    return root / "portable", build(root / "portable", root / "lowered")
+    export(str(REFERENCE), root / "dense", ExportOptions(dtype=dtype))
+    optimize(root / "dense", root / "sparse", OptimizeOptions(
+        sparsity=SparsityOptions(0.5, 0.5, REFERENCE / "sparsity_predictor.safetensors"), target="portable"))
+    optimize(root / "dense", root / "streaming", OptimizeOptions(streaming=StreamingOptions(4, 28), target="portable"))
+    return {kind: (root / kind, build(root / kind, root / f"{kind}_lowered")) for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def reference_bf16(tmp_path_factory):
+    return _reference_kinds(tmp_path_factory.mktemp("reference_bf16"), "bf16")
+
+
+@pytest.fixture(scope="module")
+def reference_fp32(tmp_path_factory):
+    return _reference_kinds(tmp_path_factory.mktemp("reference_fp32"), "fp32")
 
 
 def _decode_run(backend, ids, prompt, steps):
-    logits, cache = backend.forward(ids[:, :prompt], np.ones((ids.shape[0], prompt), np.int64),
-                                    np.tile(np.arange(prompt), (ids.shape[0], 1)), backend.empty_cache(ids.shape[0]))
+    B = ids.shape[0]
+    logits, cache = backend.forward(ids[:, :prompt], np.ones((B, prompt), np.int64),
+                                    np.tile(np.arange(prompt), (B, 1)), backend.empty_cache(B))
     out = [logits]
-    for t in range(steps):
-        logits, cache = backend.forward(ids[:, prompt + t:prompt + t + 1], np.ones((ids.shape[0], prompt + t + 1),
-                                        np.int64), np.full((ids.shape[0], 1), prompt + t), cache)
+    for t in range(steps):  # the mask covers what the cache holds (a streaming cache: S + W at most)
+        logits, cache = backend.forward(ids[:, prompt + t:prompt + t + 1], np.ones((B, cache.length + 1), np.int64),
+                                        np.full((B, 1), prompt + t), cache)
         out.append(logits)
     return np.concatenate(out, axis=1)
 
 
 @pytest.mark.gpu
-def test_cuda_kernels_follow_the_cpu_references_on_the_lowered_graph(reference_bf16):
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_fp32_matches_onnxruntime_cpu_on_the_portable_graph(reference_fp32, kind):
+    """The lowered fp32 graph on CUDA (the ops' torch references, on the GPU) against ONNX Runtime on the CPU
+    running the portable graph it came from: prefill and 8 decode steps."""
+    portable, lowered = reference_fp32[kind]
+    ids = np.random.default_rng(0).integers(1, 8000, (2, 40))
+    oracle = _decode_run(open_backend(portable, "onnxruntime"), ids, 32, 8)
+    cuda = _decode_run(open_backend(lowered, "torch", device="cuda"), ids, 32, 8)
+    np.testing.assert_allclose(cuda, oracle, atol=2e-3, rtol=0)  # float32; the GPU sums in other orders
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_kernels_follow_the_cpu_references_on_the_lowered_graph(reference_bf16, kind):
     """The same lowered bf16 graph: Triton plugin kernels on CUDA against the ops' torch references on the CPU,
     and decode replayed from CUDA graphs against eager CUDA, bit for bit."""
-    _, lowered = reference_bf16
+    _, lowered = reference_bf16[kind]
     ids = np.random.default_rng(0).integers(1, 8000, (2, 40))
     cpu = _decode_run(open_backend(lowered, "torch"), ids, 32, 8)
     eager = _decode_run(open_backend(lowered, "torch", device="cuda", cuda_graphs=False), ids, 32, 8)
@@ -321,8 +351,7 @@ def test_cuda_runs_the_lowered_w4a4_graph(tmp_path):
     kernels' exactness against the references is tests/plugins/test_w4a4_gemm.py)."""
     from planforge.exporter.api import ExportOptions, export
 
-    source = Path(__file__).resolve().parents[2] / "samples" / "reference_model"
-    export(str(source), tmp_path / "fp16", ExportOptions(dtype="fp16"))
+    export(str(REFERENCE), tmp_path / "fp16", ExportOptions(dtype="fp16"))
     optimize(tmp_path / "fp16", tmp_path / "w4a4", OptimizeOptions(
         quant=QuantOptions("w4a4", outliers="0", clip_search=False), target="portable"))
     lowered = build(tmp_path / "w4a4", tmp_path / "lowered")
