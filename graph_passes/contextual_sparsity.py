@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
@@ -435,7 +436,8 @@ class ContextualSparsityPass(GraphPass):
                  "scores/MatMul")  # (B, kh, T, 1)
         s = b.op("Reshape", [s, b.const("srow", np.array([0, 0, 1, -1]))], "scores/row")  # (B, kh, 1, T)
         s = b.op("Mul", [s, b.const("scale", np.array(scale, dtype))], "scores/scale")
-        s = b.op("Where", [mask, s, b.const("lowest", np.array(np.finfo(dtype).min, dtype))], "scores/mask")
+        lowest = ml_dtypes.finfo(dtype).min  # numpy's finfo does not know bfloat16 (ml_dtypes' does, and the rest)
+        s = b.op("Where", [mask, s, b.const("lowest", np.array(lowest, dtype))], "scores/mask")
         p = b.op("Softmax", [s], "Softmax", axis=-1)
         a = b.op("MatMul", [p, v_sel], "probs/MatMul")  # (B, kh, 1, hd)
         a = b.op("Reshape", [a, b.const("arow", np.array([0, 1, -1]))], "attn/row")  # (B, 1, kh*hd)
