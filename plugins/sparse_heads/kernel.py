@@ -5,8 +5,8 @@
    dtype and applies rotary in float32;
 2. the FlashDecoding split-K kernel of fused_attention, one selected head per KV-group slot
    (its KV head listed);
-3. ``oproj_kernel``: gathered GEMV over the selected heads' D-row blocks of w_o [Hq*D, d],
-   BLOCK_O contiguous outputs per program.
+3. ``oproj_kernel``: gathered GEMV over the selected heads' D-row blocks of w_o [Hq*D, d], one
+   head and 256 contiguous outputs per program (float32 partial sums per head, added in order after).
 """
 
 from __future__ import annotations
@@ -55,19 +55,18 @@ def q_kernel(X, WQ, BQ, COS, SIN, HEADS, QB, d, h,
 
 
 @triton.jit
-def oproj_kernel(A, WO, HEADS, Y, d, h, D: tl.constexpr, BLOCK_O: tl.constexpr):
-    b = tl.program_id(1)
+def oproj_kernel(A, WO, HEADS, PART, d, h, D: tl.constexpr, BLOCK_O: tl.constexpr):
+    # One selected head and BLOCK_O outputs per program (wide rows: BLOCK_O contiguous values of each of the
+    # head's D rows of w_o); the per-head partial sums are added afterwards, in a fixed order.
+    bi = tl.program_id(1)  # b * h + slot
     offs_o = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     om = offs_o < d
     offs_e = tl.arange(0, D)
-    acc = tl.zeros([BLOCK_O], tl.float32)
-    for i in range(0, h):
-        head = tl.load(HEADS + b * h + i)
-        a = tl.load(A + (b * h + i).to(tl.int64) * D + offs_e).to(tl.float32)  # (D,)
-        rows = (head * D + offs_e).to(tl.int64)  # (D,) rows of w_o, each contiguous over the outputs
-        w = tl.load(WO + rows[:, None] * d + offs_o[None, :], mask=om[None, :], other=0.0)  # (D, BO)
-        acc += tl.sum(w.to(tl.float32) * a[:, None], 0)
-    tl.store(Y + b * d + offs_o, acc.to(Y.dtype.element_ty), mask=om)
+    head = tl.load(HEADS + bi)
+    a = tl.load(A + bi.to(tl.int64) * D + offs_e).to(tl.float32)  # (D,)
+    rows = (head * D + offs_e).to(tl.int64)  # (D,) rows of w_o, each contiguous over the outputs
+    w = tl.load(WO + rows[:, None] * d + offs_o[None, :], mask=om[None, :], other=0.0)  # (D, BO)
+    tl.store(PART + bi.to(tl.int64) * d + offs_o, tl.sum(w.to(tl.float32) * a[:, None], 0), mask=om)
 
 
 def sparse_heads_decode(x, w_q, w_o, k_cache, v_cache, seq_lens, heads, b_q=None, cos=None, sin=None,
@@ -91,7 +90,7 @@ def sparse_heads_decode(x, w_q, w_o, k_cache, v_cache, seq_lens, heads, b_q=None
                                     num_warps=4)
     kv_heads = (heads // G).to(torch.int32).contiguous()  # one slot per selected head, its KV head listed
     attn = attn_kernel.decode(qbuf, k_cache, v_cache, seq_lens, scale, groups=kv_heads)  # (B, h, D)
-    y = torch.empty((B, d), dtype=x.dtype, device=x.device)
-    bo = 16 if interpreting() else 32
-    oproj_kernel[(triton.cdiv(d, bo), B)](attn, w_o, heads, y, d, h, D=D, BLOCK_O=bo, num_warps=4)
-    return y
+    part = torch.empty((B, h, d), dtype=torch.float32, device=x.device)
+    bo = 16 if interpreting() else 256
+    oproj_kernel[(triton.cdiv(d, bo), B * h)](attn, w_o, heads, part, d, h, D=D, BLOCK_O=bo, num_warps=8)
+    return part.sum(1).to(x.dtype)

@@ -1,6 +1,6 @@
 """Where a lowered sparse decode step spends its GPU time, against the dense one (7B shape, bf16, batch 1).
 
-    python samples/tuning/profile_sparse_decode.py --work /tmp/planforge_bench_gpu [--layers 8]
+    python samples/tuning/profile_sparse_decode.py --work /tmp/planforge_bench_gpu [--layers 8] [--parts-only]
 
 Builds what samples/bench_gpu.py builds (the bf16 export, and its 50% sparse form with a random
 predictor of the default size), runs 8 eager decode steps of each lowered graph after a 1k context
@@ -62,7 +62,7 @@ def sparse_heads_parts() -> None:
     cos, sin = (t[:, 0].contiguous() for t in rotary_cos_sin(lens - 1, 1, D))
     heads = torch.randperm(H, device="cuda")[: H // 2].to(torch.int32)[None].contiguous()
     h = heads.shape[1]
-    qbuf, y = torch.empty(1, h, D, **bf), torch.empty(1, d, **bf)
+    qbuf, part = torch.empty(1, h, D, **bf), torch.empty(1, h, d, device="cuda", dtype=torch.float32)
     kv = (heads // 4).to(torch.int32).contiguous()
     us = lambda fn: do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3  # noqa: E731
     parts = {
@@ -70,8 +70,9 @@ def sparse_heads_parts() -> None:
         "q_kernel": lambda: K.q_kernel[(h, D // 2 // 8)](x, w_q, x, cos, sin, heads, qbuf, d, h, HAS_BIAS=False,
                                                          ROTARY=True, HALF=D // 2, RH=8, BLOCK_D=1024, num_warps=4),
         "decode attention": lambda: attn_kernel.decode(qbuf, kc, vc, lens, 0.0, groups=kv),
-        "oproj_kernel": lambda: K.oproj_kernel[(triton.cdiv(d, 32), 1)](qbuf, w_o, heads, y, d, h, D=D, BLOCK_O=32,
-                                                                         num_warps=4),
+        "oproj_kernel": lambda: K.oproj_kernel[(triton.cdiv(d, 256), h)](qbuf, w_o, heads, part, d, h, D=D,
+                                                                          BLOCK_O=256, num_warps=8),
+        "per-head sum": lambda: part.sum(1).to(torch.bfloat16),
         "dense q GEMV (cuBLAS)": lambda: torch.nn.functional.linear(x, w_q),
         "dense o GEMV (cuBLAS)": lambda: torch.nn.functional.linear(qbuf.new_zeros(1, H * D), w_o.T),
     }
@@ -84,7 +85,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/planforge_bench_gpu"))
     parser.add_argument("--layers", type=int, default=8, help="Layers of the 7B-shaped model (of 32).")
+    parser.add_argument("--parts-only", action="store_true", help="Only time SparseHeadsAttention's launches.")
     args = parser.parse_args()
+    if args.parts_only:
+        return sparse_heads_parts()
     source = bench_gpu.make_llama_7b_shape(args.work / "llama7b_hf", args.layers)
     work = args.work / "llama-7b-shape"
     dense, sparse = bench_gpu.compile_model(source, work), bench_gpu.compile_sparse(source, work)

@@ -332,17 +332,20 @@ def test_cuda_fp32_matches_onnxruntime_cpu_on_the_portable_graph(reference_fp32,
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_kernels_follow_the_cpu_references_on_the_lowered_graph(reference_bf16, kind):
     """The same lowered bf16 graph: Triton plugin kernels on CUDA against the ops' torch references on the CPU,
-    and decode replayed from CUDA graphs against eager CUDA, bit for bit."""
+    and decode replayed from CUDA graphs against eager CUDA, bit for bit (sparse: see below)."""
     _, lowered = reference_bf16[kind]
     ids = np.random.default_rng(0).integers(1, 8000, (2, 40))
     cpu = _decode_run(open_backend(lowered, "torch"), ids, 32, 8)
     eager = _decode_run(open_backend(lowered, "torch", device="cuda", cuda_graphs=False), ids, 32, 8)
     graphed = _decode_run(open_backend(lowered, "torch", device="cuda"), ids, 32, 8)
-    np.testing.assert_array_equal(graphed, eager)
     scale = float(np.abs(cpu).max())
-    if kind == "sparse":  # a top-k over bf16 scores flips on a last-bit difference, which changes whole rows
-        assert (np.abs(eager - cpu) <= 3e-2 * scale).mean() > 0.98  # (the sparse ops alone: tests/plugins)
+    if kind == "sparse":
+        # SparseMLP adds in float32 atomics (no fixed order from run to run), and a top-k over bf16 scores flips on
+        # a last-bit difference, which changes whole rows: most logits agree (the sparse ops alone: tests/plugins).
+        assert (np.abs(graphed - eager) <= 3e-2 * scale).mean() > 0.98
+        assert (np.abs(eager - cpu) <= 3e-2 * scale).mean() > 0.98
     else:
+        np.testing.assert_array_equal(graphed, eager)
         np.testing.assert_allclose(eager, cpu, atol=3e-2 * scale, rtol=0)  # bf16 activations, other summation orders
     assert (eager.argmax(-1) == cpu.argmax(-1)).mean() > 0.9
 
