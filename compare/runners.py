@@ -70,8 +70,8 @@ class BackendRunner(_TeacherForcedRunner):
         positions = np.arange(prompt.shape[1], dtype=np.int64)[None]
         logits, cache = b.forward(prompt, mask, positions, b.empty_cache(1))
         outputs = [logits]
-        for token in forced:
-            mask = np.ones((1, mask.shape[1] + 1), dtype=np.int64)
+        for token in forced:  # the mask covers what the cache holds (a streaming cache: S + W at most)
+            mask = np.ones((1, cache.length + 1), dtype=np.int64)
             positions = positions[:, -1:] + 1
             logits, cache = b.forward(np.array([[token]], dtype=np.int64), mask, positions, cache)
             outputs.append(logits)

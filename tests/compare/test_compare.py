@@ -17,6 +17,21 @@ def test_compiled_matches_its_source_on_every_step(tiny_model):
         assert s.max_abs <= 1e-4 and s.top1 == 1.0 and s.cosine > 0.999999
 
 
+def test_a_streaming_model_compares_past_its_window(tiny_model, tmp_path):
+    """2 sinks + 6: the prefill and the decode steps run past the 8 cached positions (the mask covers what the
+    cache holds); the lowered form on the torch backend against the portable one on ONNX Runtime."""
+    from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.graph_passes.streaming_attention import StreamingOptions
+
+    streamed, lowered = tmp_path / "stream", tmp_path / "lowered"
+    optimize(tiny_model("llama")[1], streamed, OptimizeOptions(streaming=StreamingOptions(2, 6), target="portable"))
+    optimize(streamed, lowered, OptimizeOptions(target="torch"))
+    report = compare_models(lowered, streamed, CompareOptions(decode_steps=6, atol=1e-4,
+                                                              prompts=("The quick brown fox jumps over",)))
+    assert report.passed, report.failures
+    assert report.steps[0].positions > 8  # the prompt alone overflows the cache
+
+
 def test_different_models_fail_and_report_why(tiny_model):
     report = compare_models(tiny_model("llama")[1], tiny_model("mistral")[1],
                             CompareOptions(decode_steps=2, min_top1=0.99))
