@@ -12,6 +12,9 @@ Per layer the graph is (names are the source model's module names)::
     x ─► Norm ─► gate_proj ─► act ─► Mul ◄─ up_proj ◄─ Norm
     x ◄─ Add ◄─ down_proj ◄──────────┘
 
+(``norm_position="post"``, OPT-350m: each Norm moves after its residual Add, x = Norm(x + f(x)); a
+narrow token table adds ``project_in`` after the lookup and ``project_out`` before the head.)
+
 Every linear is ``MatMul(x, W)`` (+ ``Add(bias)``) with ``W`` stored as
 [in_features, out_features] under ``constants.linear_weight(module)``. The
 attention mask (causal, padding and sliding window in one boolean tensor) is
@@ -169,6 +172,8 @@ def build_decoder_graph(
     embed = w.weight(f"{weights.embed_module}.weight", weights.embed_tokens)
     x = b.op("Gather", [embed, input_ids], name=f"{weights.embed_module}/Gather")  # (B, S, H)
     x = w.scaled(x, style.embedding_scale, f"{weights.embed_module}/scale")
+    if weights.project_in is not None:  # (B, S, E) -> (B, S, H)
+        x = w.linear(None, weights.project_in, x)
     if style.positions == "learned":
         table = w.weight(f"{weights.position_module}.weight", weights.position_embeddings)
         pos = b.op("Gather", [table, position_ids], name=f"{weights.position_module}/Gather")
@@ -179,8 +184,9 @@ def build_decoder_graph(
         for key, (layer_cos, layer_sin) in weights.layer_rotary.items():
             tables[key] = (w.weight(f"rotary.{key}.cos_cache", layer_cos), w.weight(f"rotary.{key}.sin_cache", layer_sin))
 
+    post = style.norm_position == "post"
     for i, layer in enumerate(weights.layers):
-        h = w.norm(layer.attn_norm, x)
+        h = x if post else w.norm(layer.attn_norm, x)
         q, k, v = (w.linear(i, lin, h) for lin in (layer.q_proj, layer.k_proj, layer.v_proj))
         q, k = w.head_norm(layer.q_norm, q, d.num_heads), w.head_norm(layer.k_norm, k, d.num_kv_heads)
         if style.positions == "rotary" and (style.rotary_layers is None or style.rotary_layers[i]):
@@ -199,7 +205,8 @@ def build_decoder_graph(
         attn_out = w.norm(layer.post_attn_norm, attn_out) if layer.post_attn_norm is not None else attn_out
         attn_out = w.scaled(attn_out, style.residual_scale, f"{layer.attention_module}/scale")
         x = b.op("Add", [x, attn_out], name=f"{layer.attention_module}/residual")
-        h = w.norm(layer.mlp_norm, x)
+        x = w.norm(layer.attn_norm, x) if post else x
+        h = x if post else w.norm(layer.mlp_norm, x)
         if style.gated_mlp:
             gate = w.activation(w.linear(i, layer.gate_proj, h), layer.gate_proj.module)
             hidden = b.op("Mul", [gate, w.linear(i, layer.up_proj, h)], name=f"{layer.up_proj.module}/gate_mul")
@@ -209,11 +216,14 @@ def build_decoder_graph(
         mlp_out = w.norm(layer.post_mlp_norm, mlp_out) if layer.post_mlp_norm is not None else mlp_out
         mlp_out = w.scaled(mlp_out, style.residual_scale, f"{layer.down_proj.module}/scale")
         x = b.op("Add", [x, mlp_out], name=f"{layer.down_proj.module}/residual")
+        x = w.norm(layer.mlp_norm, x) if post else x
         b.output(present_k, constants.present_key(i), elem, ["batch", d.num_kv_heads, "total_sequence", d.head_dim])
         b.output(present_v, constants.present_value(i), elem, ["batch", d.num_kv_heads, "total_sequence", d.head_dim])
         on_layer(i)
 
-    x = w.norm(weights.final_norm, x)
+    x = w.norm(weights.final_norm, x) if weights.final_norm is not None else x
+    if weights.project_out is not None:  # (B, S, H) -> (B, S, E), the head's width
+        x = w.linear(None, weights.project_out, x)
     if weights.tied_lm_head:
         head = b.op("Transpose", [embed], name=f"{weights.lm_head.module}/tied_weight", perm=[1, 0])
         logits = b.op("MatMul", [x, head], name=f"{weights.lm_head.module}/MatMul")

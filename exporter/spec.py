@@ -39,6 +39,8 @@ class DecoderStyle:
     # Gemma 2: scores -> c * tanh(scores / c) in attention, and the same on the final logits; None: off.
     attention_softcap: Optional[float] = None
     logits_softcap: Optional[float] = None
+    # "pre": x + f(Norm(x)) (every family but one); "post": Norm(x + f(x)), OPT's do_layer_norm_before=False.
+    norm_position: Literal["pre", "post"] = "pre"
 
 
 @dataclass
@@ -90,7 +92,7 @@ class DecoderWeights:
     embed_module: str
     embed_tokens: torch.Tensor  # (vocab, hidden)
     layers: list[LayerWeights]
-    final_norm: Norm
+    final_norm: Optional[Norm]  # None: no norm after the blocks (OPT's post-norm variants)
     lm_head: Linear  # weight (vocab, hidden); ``tied`` when it is embed_tokens
     tied_lm_head: bool
     position_embeddings: Optional[torch.Tensor] = None  # (max_positions, hidden), learned positions
@@ -98,4 +100,8 @@ class DecoderWeights:
     rotary_cos: Optional[torch.Tensor] = None  # (max_seq_len, rotary_dim / 2)
     rotary_sin: Optional[torch.Tensor] = None
     layer_rotary: dict = field(default_factory=dict)  # key -> (cos, sin), each (max_seq_len, rotary_dim / 2)
+    # A token table narrower than the blocks (OPT's word_embed_proj_dim): project_in after the lookup,
+    # project_out before the head, which then reads the narrow width.
+    project_in: Optional[Linear] = None
+    project_out: Optional[Linear] = None
     extra: dict = field(default_factory=dict)

@@ -47,10 +47,12 @@ def make_config(family: str, **overrides):
     if family == "gpt2":
         config = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **common)
         config.architectures = ["GPT2LMHeadModel"]
-    elif family == "opt":
+    elif family in ("opt", "opt350m"):  # opt350m: opt-350m's shape, a narrow token table and post-norm blocks
         common.pop("initializer_range")
+        variant = dict(word_embed_proj_dim=32, do_layer_norm_before=False) if family == "opt350m" else \
+            dict(word_embed_proj_dim=64)
         config = tf.OPTConfig(hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
-                              max_position_embeddings=256, word_embed_proj_dim=64, init_std=0.1, **common)
+                              max_position_embeddings=256, init_std=0.1, **variant, **common)
         config.architectures = ["OPTForCausalLM"]
     else:
         llama_like = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

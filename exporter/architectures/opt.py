@@ -1,13 +1,13 @@
 """OPT: LayerNorm before each block, learned absolute positions stored with an offset of 2 rows, a ReLU MLP
-(fc1, fc2) and biases everywhere, tied head. The variants the shared records cannot express are refused:
-a word-embedding width other than the hidden size (``project_in``/``project_out``) and norms after the blocks
-(``do_layer_norm_before=False``, as in opt-350m)."""
+(fc1, fc2) and biases everywhere, tied head. opt-350m's variant: a token table narrower than the blocks
+(``word_embed_proj_dim``: ``project_in`` after the lookup, before the positions are added, ``project_out``
+before the head) and LayerNorms after each residual Add (``do_layer_norm_before=False``), with no norm after
+the last block."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-from planforge.errors import UnsupportedConfigError
 from planforge.exporter.architectures.llama import _linear
 from planforge.exporter.registry import ArchitectureAdapter, register_architecture
 from planforge.exporter.spec import DecoderDims, DecoderStyle, DecoderWeights, LayerWeights, Norm
@@ -30,13 +30,6 @@ class OPTAdapter(ArchitectureAdapter):
 
     def dims(self, max_seq_len: Optional[int]) -> DecoderDims:
         c = self.config
-        if c.word_embed_proj_dim != c.hidden_size:
-            raise UnsupportedConfigError(
-                f"opt: word_embed_proj_dim {c.word_embed_proj_dim} differs from hidden_size {c.hidden_size} "
-                "(project_in/project_out around the blocks), which the shared decoder records do not express.")
-        if not c.do_layer_norm_before:
-            raise UnsupportedConfigError("opt: do_layer_norm_before=False puts the LayerNorms after the blocks "
-                                         "(post-norm), which the shared decoder records do not express.")
         return DecoderDims(
             num_layers=c.num_hidden_layers, hidden_size=c.hidden_size, num_heads=c.num_attention_heads,
             num_kv_heads=c.num_attention_heads, head_dim=c.hidden_size // c.num_attention_heads,
@@ -48,12 +41,14 @@ class OPTAdapter(ArchitectureAdapter):
         return DecoderStyle(norm="layer", norm_eps=1e-5, positions="learned",
                             activation=self.activation(c.activation_function), gated_mlp=False,
                             sliding_windows=(None,) * c.num_hidden_layers,
-                            attention_scales=(None,) * c.num_hidden_layers)
+                            attention_scales=(None,) * c.num_hidden_layers,
+                            norm_position="pre" if c.do_layer_norm_before else "post")
 
     def weights(self, model, dims: DecoderDims) -> DecoderWeights:
         d = model.model.decoder
-        if getattr(d, "final_layer_norm", None) is None:
-            raise UnsupportedConfigError("opt: this checkpoint has no final LayerNorm (_remove_final_layer_norm).")
+        final = getattr(d, "final_layer_norm", None)  # None after post-norm blocks, or _remove_final_layer_norm
+        project = {name: _linear(getattr(d, name), f"model.decoder.{name}", name)
+                   for name in ("project_in", "project_out") if getattr(d, name, None) is not None}
         layers = []
         for i, block in enumerate(d.layers):
             p = f"model.decoder.layers.{i}"
@@ -72,8 +67,8 @@ class OPTAdapter(ArchitectureAdapter):
         embed = d.embed_tokens.weight
         return DecoderWeights(
             embed_module="model.decoder.embed_tokens", embed_tokens=embed, layers=layers,
-            final_norm=_layer_norm(d.final_layer_norm, "model.decoder.final_layer_norm"),
+            final_norm=_layer_norm(final, "model.decoder.final_layer_norm") if final is not None else None,
             lm_head=_linear(model.lm_head, "lm_head", "lm_head"),
             tied_lm_head=model.lm_head.weight.data_ptr() == embed.data_ptr(),
             position_embeddings=d.embed_positions.weight[POSITION_OFFSET:POSITION_OFFSET + dims.max_seq_len],
-            position_module="model.decoder.embed_positions")
+            position_module="model.decoder.embed_positions", **project)

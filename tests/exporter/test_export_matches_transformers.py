@@ -7,7 +7,8 @@ import torch
 
 from planforge.runtime import open_backend
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gemma3", "phi3", "opt", "seed_oss", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gemma3", "phi3", "opt", "opt350m", "seed_oss",
+            "gpt2")
 ATOL = 1e-4  # fp32 end to end; observed differences are ~1e-6
 
 
@@ -53,12 +54,13 @@ def test_graph_is_canonical(family, tiny_model):
     assert ops.count("Attention") == 2  # one per layer
     attention = next(n for n in model.graph.node if n.op_type == "Attention")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in attention.attribute}
-    heads, kv_heads = {"qwen2": (4, 1), "gpt2": (4, 4), "opt": (4, 4)}.get(family, (4, 2))
+    heads, kv_heads = {"qwen2": (4, 1), "gpt2": (4, 4), "opt": (4, 4), "opt350m": (4, 4)}.get(family, (4, 2))
     assert (attrs["q_num_heads"], attrs["kv_num_heads"]) == (heads, kv_heads)
-    rotary, norm = (0, "LayerNormalization") if family in ("gpt2", "opt") else (4, "RMSNormalization")
+    rotary, norm = (0, "LayerNormalization") if family in ("gpt2", "opt", "opt350m") else (4, "RMSNormalization")
     rotary = 2 if family == "smollm3" else rotary  # its layer 1 attends without positions
     assert ops.count("RotaryEmbedding") == rotary
-    extra_norms = {"qwen3": 4, "gemma2": 4, "gemma3": 8}.get(family, 0)  # q/k norms; the branch-output norms
+    # q/k norms; the branch-output norms; opt350m's post-norm blocks have no final norm
+    extra_norms = {"qwen3": 4, "gemma2": 4, "gemma3": 8, "opt350m": -1}.get(family, 0)
     assert ops.count(norm) == 5 + extra_norms  # two per layer and the final norm
     assert model.opset_import[0].version == 23
     inputs = [i.name for i in model.graph.input]
