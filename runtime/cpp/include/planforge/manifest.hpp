@@ -1,0 +1,49 @@
+// planforge.json, the compiled model's manifest: the fields a runtime needs (docs/onnx_contract.md).
+#pragma once
+
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace planforge {
+
+// A manifest that is missing, not JSON, or lacks what the runtime needs; the message names the file and field.
+class ManifestError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Dims {
+  int num_layers = 0, hidden_size = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, vocab_size = 0,
+      max_seq_len = 0;
+};
+
+// One layer's preallocated cache of the lowered contract (io.kv_cache).
+struct CacheLayout {
+  int capacity = 0;
+  bool rolling = false;
+  int sinks = 0;
+};
+
+struct Manifest {
+  std::string target;  // "onnxruntime", "torch", "portable", ...
+  std::string dtype;
+  Dims dims;
+  std::vector<int> eos_token_ids;
+  std::optional<int> pad_token_id;
+  std::optional<int> streaming_slots;  // S + W of a streaming model
+  int io_version = 0;                  // the lowered I/O contract's version; 0 for the portable contract
+  std::vector<CacheLayout> kv_cache;   // per layer, lowered contract only
+  std::map<std::string, int> plugin_ops;
+
+  // Reads ``directory``/planforge.json.
+  static Manifest load(const std::string& directory);
+  static Manifest parse(const std::string& json_text, const std::string& where);
+
+ private:
+  static Manifest parse_checked(const std::string& json_text, const std::string& where);
+};
+
+}  // namespace planforge
