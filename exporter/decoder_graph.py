@@ -181,6 +181,14 @@ def build_decoder_graph(
     else:
         tables = {None: (w.weight("rotary.cos_cache", weights.rotary_cos),  # (max_seq_len, D/2)
                          w.weight("rotary.sin_cache", weights.rotary_sin))}
+        if weights.rotary_long is not None:  # longrope: the long factors once this step reaches position n
+            long_cos, long_sin, n = weights.rotary_long
+            top = b.op("ReduceMax", [position_ids], name="/rotary/max_position", keepdims=0)
+            use_long = b.op("GreaterOrEqual", [top, b.const_i64(n, "/rotary/original_positions")],
+                            name="/rotary/use_long")
+            tables[None] = tuple(
+                b.op("Where", [use_long, w.weight(f"rotary.long.{kind}_cache", table), short], name=f"/rotary/{kind}")
+                for kind, table, short in (("cos", long_cos, tables[None][0]), ("sin", long_sin, tables[None][1])))
         for key, (layer_cos, layer_sin) in weights.layer_rotary.items():
             tables[key] = (w.weight(f"rotary.{key}.cos_cache", layer_cos), w.weight(f"rotary.{key}.sin_cache", layer_sin))
 

@@ -100,6 +100,9 @@ class DecoderWeights:
     rotary_cos: Optional[torch.Tensor] = None  # (max_seq_len, rotary_dim / 2)
     rotary_sin: Optional[torch.Tensor] = None
     layer_rotary: dict = field(default_factory=dict)  # key -> (cos, sin), each (max_seq_len, rotary_dim / 2)
+    # Phi-3's longrope: (long cos, long sin, n): a step whose largest position is n or more reads these tables
+    # instead of rotary_cos/sin (the short factors), as the model's rotary module switches per forward call.
+    rotary_long: Optional[tuple] = None
     # A token table narrower than the blocks (OPT's word_embed_proj_dim): project_in after the lookup,
     # project_out before the head, which then reads the narrow width.
     project_in: Optional[Linear] = None

@@ -55,10 +55,10 @@ class LlamaAdapter(ArchitectureAdapter):
             attention_scales=(None,) * c.num_hidden_layers,
         )
 
-    def rotary_tables(self, model, dims: DecoderDims) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin caches [max_seq_len, head_dim/2] from the model's own rotary module,
-        so every rope scaling type the model supports is reproduced exactly."""
-        positions = torch.arange(dims.max_seq_len)[None]  # (1, N)
+    def rotary_tables(self, model, dims: DecoderDims, limit: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin caches [max_seq_len (or limit), head_dim/2] from the model's own rotary module, called once on
+        every position, so every rope scaling type the model supports is reproduced exactly."""
+        positions = torch.arange(limit or dims.max_seq_len)[None]  # (1, N)
         probe = torch.zeros(1, 1, dims.head_dim, dtype=torch.float32)
         with torch.no_grad():
             cos, sin = model.model.rotary_emb(probe, positions)  # (1, N, D)

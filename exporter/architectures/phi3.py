@@ -1,11 +1,14 @@
 """Phi-3 / Phi-3.5: Llama with fused projections, ``qkv_proj`` (q, k, v rows in that order) and ``gate_up_proj``
 (gate rows, then up rows), split here into the shared records. Its su/longrope scaling comes with the model's
-own rotary module; longrope switches to its long factors past ``original_max_position_embeddings``, which one
-static table cannot follow, so a longer ``--max-seq-len`` is refused."""
+own rotary module. Longrope switches to its long factors for a forward call whose largest position reaches
+``original_max_position_embeddings``; with a longer ``--max-seq-len`` the graph carries both tables and makes
+the same switch per step (keys already cached keep the rotation they were written with, as in the model)."""
 
 from __future__ import annotations
 
 from typing import Optional
+
+import torch
 
 from planforge.errors import UnsupportedConfigError
 from planforge.exporter.architectures.llama import LlamaAdapter, _linear, _norm
@@ -33,11 +36,6 @@ class Phi3Adapter(LlamaAdapter):
             raise UnsupportedConfigError(f"{self.family}: partial_rotary_factor "
                                          f"{rope.get('partial_rotary_factor')} (rotary on part of each head) is not "
                                          "supported yet; the shared writer rotates whole heads.")
-        original = getattr(c, "original_max_position_embeddings", None)
-        if rope.get("rope_type", rope.get("type")) in ("longrope", "su") and original and dims.max_seq_len > original:
-            raise UnsupportedConfigError(
-                f"{self.family}: longrope uses other factors past {original} tokens, which one static rotary table "
-                f"cannot follow; export with --max-seq-len {original} or less.")
         return dims
 
     def weights(self, model, dims: DecoderDims) -> DecoderWeights:
@@ -60,8 +58,15 @@ class Phi3Adapter(LlamaAdapter):
             ))
         embed = model.model.embed_tokens.weight
         cos, sin = self.rotary_tables(model, dims)
+        long = None
+        original = getattr(self.config, "original_max_position_embeddings", None)
+        if _rope(self.config).get("rope_type", _rope(self.config).get("type")) in ("longrope", "su") and original \
+                and dims.max_seq_len > original:
+            long = (cos, sin, original)  # every position at once: the module's long factors
+            short_cos, short_sin = self.rotary_tables(model, dims, limit=original)  # positions < original
+            cos, sin = torch.cat([short_cos, cos[original:]]), torch.cat([short_sin, sin[original:]])
         return DecoderWeights(embed_module="model.embed_tokens", embed_tokens=embed, layers=layers,
                               final_norm=_norm(model.model.norm, "model.norm"),
                               lm_head=_linear(model.lm_head, "lm_head", "lm_head"),
                               tied_lm_head=model.lm_head.weight.data_ptr() == embed.data_ptr(),
-                              rotary_cos=cos, rotary_sin=sin)
+                              rotary_cos=cos, rotary_sin=sin, rotary_long=long)

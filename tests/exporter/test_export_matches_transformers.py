@@ -5,6 +5,7 @@ import onnx
 import pytest
 import torch
 
+from planforge.exporter.api import export
 from planforge.runtime import open_backend
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gemma3", "phi3", "opt", "opt350m", "seed_oss",
@@ -143,22 +144,31 @@ def test_gemma3_rotates_local_and_global_layers_with_their_own_bases(tiny_model)
     assert not np.allclose(inits["rotary.sliding_attention.cos_cache"], inits["rotary.cos_cache"])
 
 
-def test_phi3_longrope_within_its_original_context(tmp_path, make_random_model):
-    """longrope's short factors up to original_max_position_embeddings match; a longer export is refused."""
-    from transformers import AutoModelForCausalLM
-
-    from planforge.errors import UnsupportedConfigError
-    from planforge.exporter.api import ExportOptions, export
-
+@pytest.mark.parametrize("prompt", [10, 20])  # decode crosses position 16; the prompt alone does
+def test_phi3_longrope_switches_to_its_long_factors_as_the_model_does(tmp_path, make_random_model, hf_model, prompt):
+    """longrope uses its long factors for a forward call whose largest position reaches
+    original_max_position_embeddings (16 here), its short ones before; the graph makes the same switch per step."""
     half = 8  # head_dim 16
     rope = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
-            "short_factor": [1.0 + 0.1 * i for i in range(half)], "long_factor": [2.0 + 0.2 * i for i in range(half)]}
-    source = make_random_model("phi3", tmp_path / "hf", rope_parameters=rope, original_max_position_embeddings=64)
-    with pytest.raises(UnsupportedConfigError, match="longrope uses other factors past 64 tokens.*--max-seq-len 64"):
-        export(str(source), tmp_path / "long")
-    assert not (tmp_path / "long").exists()
-    export(str(source), tmp_path / "short", ExportOptions(max_seq_len=64))
-    ids = torch.randint(1, 300, (1, 20), generator=torch.Generator().manual_seed(0))
+            "short_factor": [1.0 + 0.1 * i for i in range(half)], "long_factor": [2.0 + 0.5 * i for i in range(half)]}
+    source = make_random_model("phi3", tmp_path / "hf", rope_parameters=rope, original_max_position_embeddings=16,
+                               max_position_embeddings=64)
+    export(str(source), tmp_path / "onnx")
+    model, session = hf_model(source), open_backend(tmp_path / "onnx")
+    ids, mask, positions = _padded_batch(prompt, length=prompt, pad=3)
+    logits, cache = session.forward(ids.numpy(), mask.numpy(), positions.numpy(), session.empty_cache(2))
     with torch.no_grad():
-        reference = AutoModelForCausalLM.from_pretrained(source).eval()(ids).logits.numpy()
-    np.testing.assert_allclose(open_backend(tmp_path / "short").prefill_logits(ids.numpy()), reference, atol=ATOL, rtol=0)
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    real = mask.bool().numpy()
+    np.testing.assert_allclose(logits[real], ref.logits.numpy()[real], atol=ATOL, rtol=0)
+    past, g = ref.past_key_values, torch.Generator().manual_seed(1)
+    for step in range(10):
+        token = torch.randint(1, 300, (2, 1), generator=g)
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+        positions = positions[:, -1:] + 1
+        logits, cache = session.forward(token.numpy(), mask.numpy(), positions.numpy(), cache)
+        with torch.no_grad():
+            ref = model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=past,
+                        use_cache=True)
+        past = ref.past_key_values
+        np.testing.assert_allclose(logits, ref.logits.numpy(), atol=ATOL, rtol=0, err_msg=f"decode step {step}")
