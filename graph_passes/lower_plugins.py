@@ -39,12 +39,14 @@ from planforge import constants
 from planforge.errors import LoweringError
 from planforge.graph_passes.base import GraphPass, PassContext
 from planforge.graph_passes.node_builder import NodeBuilder
+from planforge.graph_passes.plugin_nodes import (LayerCache, cache_update, drop_presents, plugin, replace_with_if,
+                                                 to_heads)
 from planforge.graph_passes.quik_rule import QuikLinearRule
 from planforge.graph_passes.sparse_rule import RowLayout, SparseLayerRule, SparseLayerSite
 from planforge.graph_passes.streaming_rule import StreamingAttentionRule, StreamingPositions, StreamingSite
 from planforge.manifest import Manifest
 from planforge.plugins import DOMAIN
-from planforge.plugins.registry import NODE_ATTRIBUTES, opset_version, plugin_op
+from planforge.plugins.registry import opset_version, plugin_op
 
 FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -64,13 +66,6 @@ class AttentionSite:
     @property
     def capacity_rolling(self) -> bool:
         return self.window is not None
-
-
-def plugin(b: NodeBuilder, op_type: str, inputs: list, name: str, **attributes):
-    """A ``planforge`` node with the TensorRT lookup attributes; one value, or a list for several outputs."""
-    schema = plugin_op(op_type).schema
-    lookup = dict(zip(NODE_ATTRIBUTES, (DOMAIN, str(schema.version))))
-    return b.op(op_type, inputs, name, num_outputs=len(schema.outputs), _domain=DOMAIN, **attributes, **lookup)
 
 
 class AttentionKVCacheRule:
@@ -116,40 +111,22 @@ class AttentionKVCacheRule:
         prefill = NodeBuilder(graph, f"{node.name}/planforge/prefill")
         y_prefill = self.prefill(prefill, site, to_heads(prefill, node.inputs[0], site.num_heads, site.head_dim, "q"),
                                  cache)
-        y_old = node.outputs[0]
-        for y in (y_decode, y_prefill):
-            y.type, y.shape = y_old.type, y_old.shape
-        branch = lambda builder, y, tag: ir.Graph([], [y], nodes=builder.nodes, name=f"{node.name}/{tag}")  # noqa: E731
-        if_node = ir.Node("", "If", [shared.is_decode(b)], [
-            ir.AttrGraph("then_branch", branch(decode, y_decode, "decode")),
-            ir.AttrGraph("else_branch", branch(prefill, y_prefill, "prefill"))], num_outputs=1,
-            name=f"{node.name}/planforge/If")
-        if_node.outputs[0].name, if_node.outputs[0].type, if_node.outputs[0].shape = \
-            f"{node.name}/planforge/y", y_old.type, y_old.shape
-        graph.insert_before(node, b.nodes + [if_node])
-        y_old.replace_all_uses_with(if_node.outputs[0], replace_graph_outputs=True)
-        self.drop_presents(graph, site, cache)
+        replace_with_if(graph, node, b, shared.is_decode(b), decode, y_decode, prefill, y_prefill)
+        drop_presents(graph, site.presents, cache)
         graph.remove(node, safe=True)
         return cache.inputs
 
     @staticmethod
-    def write_cache(b: NodeBuilder, site: AttentionSite, shared: "SharedValues") -> "LayerCache":
-        """The layer's preallocated cache inputs and their in-place ``KVCacheUpdate`` with this step's K/V."""
-        i, k, v = site.layer, site.node.inputs[1], site.node.inputs[2]
+    def write_cache(b: NodeBuilder, site: AttentionSite, shared: "SharedValues") -> LayerCache:
+        """The layer's preallocated cache and its in-place ``KVCacheUpdate`` with this step's K/V."""
+        k, v = site.node.inputs[1], site.node.inputs[2]
         kh, vh = (to_heads(b, x, site.kv_heads, site.head_dim, tag) for x, tag in ((k, "k"), (v, "v")))
         capacity = site.window or shared.manifest.dims.max_seq_len
-        elem, shape = site.past[0].dtype, ir.Shape(["batch", site.kv_heads, capacity, site.head_dim])
-        cache_in = [ir.Value(name=name(i), type=ir.TensorType(elem), shape=shape)
-                    for name in (constants.cache_key, constants.cache_value)]
-        k_cache, v_cache = plugin(b, "KVCacheUpdate", [*cache_in, kh, vh, shared.past_lengths], "KVCacheUpdate",
-                                  rolling=int(site.capacity_rolling), sinks=0)
-        k_cache.name, v_cache.name = constants.cache_key_out(i), constants.cache_value_out(i)
-        for out in (k_cache, v_cache):
-            out.type, out.shape = ir.TensorType(elem), shape
-        return LayerCache(tuple(cache_in), k_cache, v_cache, kh, vh, capacity)
+        return cache_update(b, site.layer, site.past[0].dtype, (site.kv_heads, capacity, site.head_dim), kh, vh,
+                            shared.past_lengths, rolling=site.capacity_rolling)
 
     @staticmethod
-    def decode(b: NodeBuilder, site: AttentionSite, qh: ir.Value, cache: "LayerCache", seq_lens: ir.Value):
+    def decode(b: NodeBuilder, site: AttentionSite, qh: ir.Value, cache: LayerCache, seq_lens: ir.Value):
         """One token: (B, Hq, 1, D) queries over the updated cache -> (B, 1, Hq*D)."""
         q1 = b.op("Squeeze", [qh, b.const("seq_axis", np.array([2], np.int64))], "q/Squeeze")
         attended = plugin(b, "FusedAttentionDecode", [q1, cache.k, cache.v, seq_lens], "FusedAttentionDecode",
@@ -157,36 +134,12 @@ class AttentionKVCacheRule:
         return b.op("Reshape", [attended, b.const("rows", np.array([0, 1, -1], np.int64))], "y")
 
     @staticmethod
-    def prefill(b: NodeBuilder, site: AttentionSite, qh: ir.Value, cache: "LayerCache"):
+    def prefill(b: NodeBuilder, site: AttentionSite, qh: ir.Value, cache: LayerCache):
         """A prompt from an empty cache: causal attention over its own K/V -> (B, S, Hq*D)."""
         attended = plugin(b, "FusedAttentionPrefill", [qh, cache.k_new, cache.v_new], "FusedAttentionPrefill",
                           scale=site.scale, window=site.window or 0, sinks=0)
         return b.op("Reshape", [b.op("Transpose", [attended], "y/Transpose", perm=[0, 2, 1, 3]),
                                 b.const("rows", np.array([0, 0, -1], np.int64))], "y")
-
-    @staticmethod
-    def drop_presents(graph: ir.Graph, site: AttentionSite, cache: "LayerCache") -> None:
-        """The concatenated present K/V outputs give way to the in-place caches."""
-        for identity in site.presents:
-            graph.outputs.remove(identity.outputs[0])
-        graph.remove(site.presents, safe=True)
-        graph.outputs.extend([cache.k, cache.v])
-
-
-@dataclass
-class LayerCache:
-    inputs: tuple[ir.Value, ir.Value]  # the preallocated buffers (graph inputs)
-    k: ir.Value  # the buffers after this step's KVCacheUpdate (graph outputs, aliased)
-    v: ir.Value
-    k_new: ir.Value  # this step's K/V as (B, Hkv, S, D)
-    v_new: ir.Value
-    capacity: int
-
-
-def to_heads(b: NodeBuilder, x: ir.Value, heads: int, head_dim: int, tag: str) -> ir.Value:
-    """(B, S, H*D) -> (B, H, S, D)."""
-    split = b.op("Reshape", [x, b.const(f"{tag}.heads", np.array([0, 0, heads, head_dim], np.int64))], f"{tag}/Reshape")
-    return b.op("Transpose", [split], f"{tag}/Transpose", perm=[0, 2, 1, 3])
 
 
 class SharedValues:
@@ -252,11 +205,11 @@ class LowerPluginsPass(GraphPass):
         if sites:
             shared, rule, rows = SharedValues(graph, self.manifest), AttentionKVCacheRule(), RowLayout(graph)
             positions = StreamingPositions(graph, shared.past_lengths)
-            caches = {site.layer: StreamingAttentionRule().rewrite(graph, site, shared, positions, plugin)
+            caches = {site.layer: StreamingAttentionRule().rewrite(graph, site, shared, positions)
                       if isinstance(site, StreamingSite) else rule.rewrite(graph, site, shared)
                       for site in sites if site.node.graph is graph}
             for site in sparse:
-                cache = SparseLayerRule().rewrite(graph, site, shared, rule, plugin, rows)
+                cache = SparseLayerRule().rewrite(graph, site, shared, rule, rows)
                 if cache is not None:
                     caches[site.attention.layer] = cache.inputs
                 self._used(*(["SparseHeadsAttention"] if site.heads else []) + (["SparseMLP"] if site.mlp else []))

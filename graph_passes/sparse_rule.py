@@ -35,6 +35,7 @@ import onnx_ir as ir
 
 from planforge.graph_passes.base import ancestors, descendants
 from planforge.graph_passes.node_builder import NodeBuilder
+from planforge.graph_passes.plugin_nodes import drop_presents, plugin, to_heads
 
 
 @dataclass
@@ -172,8 +173,7 @@ class SparseLayerRule:
         return MLPMatch(gate, up, down, selection)
 
     # ------------------------------------------------------------------------------------------ rewrite
-    def rewrite(self, graph: ir.Graph, site: SparseLayerSite, shared, attention_rule, plugin: Callable,
-                rows: "RowLayout"):
+    def rewrite(self, graph: ir.Graph, site: SparseLayerSite, shared, attention_rule, rows: "RowLayout"):
         """Replaces the If; returns the layer's LayerCache when its attention is inside (else None)."""
         if_node, dense = site.if_node, site.dense
         prefix = f"{if_node.name}/planforge"
@@ -196,11 +196,11 @@ class SparseLayerRule:
             h = site.heads
             skipped |= self._between([h.q_matmul], h.o_matmul) | {site.attention.node}
             replaced[h.o_matmul] = lambda bb, vmap: self._sparse_heads(bb, h, site.attention, cache, seq_lens, vmap,
-                                                                       plugin, rows)
+                                                                       rows)
         if site.mlp:
             m = site.mlp
             skipped |= self._between([m.gate, m.up], m.down)
-            replaced[m.down] = lambda bb, vmap: self._sparse_mlp(bb, m, vmap, plugin, rows)
+            replaced[m.down] = lambda bb, vmap: self._sparse_mlp(bb, m, vmap, rows)
         vmap: dict = {}
         for node in dense:
             if node in replaced:
@@ -238,7 +238,7 @@ class SparseLayerRule:
         for new, i in zip(new_if.outputs, kept):
             if_node.outputs[i].replace_all_uses_with(new, replace_graph_outputs=True)
         if cache is not None:
-            attention_rule.drop_presents(graph, site.attention, cache)
+            drop_presents(graph, site.attention.presents, cache)
         for branch in if_node.attributes.values():  # its nodes stop using outer values (the gathered copies)
             for node in ir.traversal.RecursiveGraphIterator(branch.value):
                 for i in range(len(node.inputs)):
@@ -253,8 +253,6 @@ class SparseLayerRule:
 
     @staticmethod
     def _heads_of(b: NodeBuilder, q: ir.Value, attention) -> ir.Value:
-        from planforge.graph_passes.lower_plugins import to_heads  # noqa: PLC0415 (the two rules share it)
-
         return to_heads(b, q, attention.num_heads, attention.head_dim, "q")
 
     @staticmethod
@@ -271,7 +269,7 @@ class SparseLayerRule:
     def _step(b: NodeBuilder, y: ir.Value, tag: str) -> ir.Value:
         return b.op("Unsqueeze", [y, b.const(f"{tag}.seq_axis", np.array([1], np.int64))], f"{tag}/Unsqueeze")
 
-    def _sparse_heads(self, b: NodeBuilder, h: HeadsMatch, attention, cache, seq_lens, vmap: dict, plugin,
+    def _sparse_heads(self, b: NodeBuilder, h: HeadsMatch, attention, cache, seq_lens, vmap: dict,
                       rows: "RowLayout") -> ir.Value:
         x = self._row(b, vmap.get(h.q_matmul.inputs[0], h.q_matmul.inputs[0]), "heads/x")
         cos = sin = None
@@ -286,7 +284,7 @@ class SparseLayerRule:
                    "SparseHeadsAttention", scale=attention.scale)
         return self._step(b, y, "heads/y")
 
-    def _sparse_mlp(self, b: NodeBuilder, m: MLPMatch, vmap: dict, plugin, rows: "RowLayout") -> ir.Value:
+    def _sparse_mlp(self, b: NodeBuilder, m: MLPMatch, vmap: dict, rows: "RowLayout") -> ir.Value:
         x = self._row(b, vmap.get(m.gate.inputs[0], m.gate.inputs[0]), "mlp/x")
         neurons = self._indices(b, vmap[m.selection], "neurons")
         y = plugin(b, "SparseMLP", [x, rows.rows_of(m.gate.inputs[1]), rows.rows_of(m.up.inputs[1]), m.down.inputs[1],

@@ -21,13 +21,14 @@ step for every layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import onnx_ir as ir
 
 from planforge import constants
 from planforge.graph_passes.node_builder import NodeBuilder
+from planforge.graph_passes.plugin_nodes import cache_update, drop_presents, plugin, replace_with_if
 
 
 @dataclass
@@ -93,27 +94,20 @@ class StreamingAttentionRule:
                              q_rope, keys[1], values[1], (keys[0], values[0]), presents,
                              int(streaming["sink_tokens"]), int(streaming["window"]))
 
-    def rewrite(self, graph: ir.Graph, site: StreamingSite, shared, positions: "StreamingPositions",
-                plugin: Callable) -> tuple[ir.Value, ir.Value]:
-        node, i = site.node, site.layer
+    def rewrite(self, graph: ir.Graph, site: StreamingSite, shared,
+                positions: "StreamingPositions") -> tuple[ir.Value, ir.Value]:
+        node = site.node
         b = NodeBuilder(graph, f"{node.name}/planforge")
-        elem = site.past[0].dtype
-        shape = ir.Shape(["batch", site.kv_heads, site.capacity, site.head_dim])
-        cache_in = [ir.Value(name=name(i), type=ir.TensorType(elem), shape=shape)
-                    for name in (constants.cache_key, constants.cache_value)]
-        k_cache, v_cache = plugin(b, "KVCacheUpdate", [*cache_in, site.k_heads, site.v_heads, shared.past_lengths],
-                                  "KVCacheUpdate", rolling=1, sinks=site.sinks)
-        k_cache.name, v_cache.name = constants.cache_key_out(i), constants.cache_value_out(i)
-        for out in (k_cache, v_cache):
-            out.type, out.shape = ir.TensorType(elem), shape
+        cache = cache_update(b, site.layer, site.past[0].dtype, (site.kv_heads, site.capacity, site.head_dim),
+                             site.k_heads, site.v_heads, shared.past_lengths, rolling=True, sinks=site.sinks)
         q, cos, sin = site.q_rope.inputs[0], site.q_rope.inputs[1], site.q_rope.inputs[2]
         rope = lambda builder, x, pos, tag: builder.op("RotaryEmbedding", [x, cos, sin, pos], f"{tag}/RotaryEmbedding")  # noqa: E731
 
         decode = NodeBuilder(graph, f"{node.name}/planforge/decode")
-        keys = rope(decode, k_cache, positions.slots(b, site.sinks, site.window), "k")
+        keys = rope(decode, cache.k, positions.slots(b, site.sinks, site.window), "k")
         q1 = decode.op("Squeeze", [rope(decode, q, positions.query(b, site.capacity), "q"),
                                    decode.const("seq_axis", np.array([2], np.int64))], "q/Squeeze")
-        attended = plugin(decode, "FusedAttentionDecode", [q1, keys, v_cache, shared.seq_lens(b, site.capacity)],
+        attended = plugin(decode, "FusedAttentionDecode", [q1, keys, cache.v, shared.seq_lens(b, site.capacity)],
                           "FusedAttentionDecode", scale=site.scale)
         y_decode = decode.op("Unsqueeze", [attended, decode.const("seq_axis2", np.array([2], np.int64))], "y")
 
@@ -122,24 +116,10 @@ class StreamingAttentionRule:
         y_prefill = plugin(prefill, "FusedAttentionPrefill", [rope(prefill, q, absolute, "q"),
                                                               rope(prefill, site.k_heads, absolute, "k"), site.v_heads],
                            "FusedAttentionPrefill", scale=site.scale, window=site.window, sinks=site.sinks)
-        y_old = node.outputs[0]  # (B, Hq, n, D)
-        for y in (y_decode, y_prefill):
-            y.type, y.shape = y_old.type, y_old.shape
-        branch = lambda builder, y, tag: ir.Graph([], [y], nodes=builder.nodes, name=f"{node.name}/{tag}")  # noqa: E731
-        if_node = ir.Node("", "If", [shared.is_decode(b)], [
-            ir.AttrGraph("then_branch", branch(decode, y_decode, "decode")),
-            ir.AttrGraph("else_branch", branch(prefill, y_prefill, "prefill"))], num_outputs=1,
-            name=f"{node.name}/planforge/If")
-        if_node.outputs[0].name, if_node.outputs[0].type, if_node.outputs[0].shape = \
-            f"{node.name}/planforge/y", y_old.type, y_old.shape
-        graph.insert_before(node, b.nodes + [if_node])
-        y_old.replace_all_uses_with(if_node.outputs[0], replace_graph_outputs=True)
-        for identity in site.presents:
-            graph.outputs.remove(identity.outputs[0])
-        graph.remove(site.presents, safe=True)
-        graph.outputs.extend([k_cache, v_cache])
+        replace_with_if(graph, node, b, shared.is_decode(b), decode, y_decode, prefill, y_prefill)  # (B, Hq, n, D)
+        drop_presents(graph, site.presents, cache)
         graph.remove(node, safe=True)
-        return cache_in[0], cache_in[1]
+        return cache.inputs
 
 
 class StreamingPositions:

@@ -25,8 +25,12 @@ def _padded_batch(seed: int, length: int, pad: int):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefill_and_decode_logits_match(family, tiny_model, hf_model):
     source, compiled = tiny_model(family)
-    model, session = hf_model(source), open_backend(compiled)
     ids, mask, positions = _padded_batch(0, length=20, pad=5)  # 20 > Mistral's window of 8
+    _steps_match(hf_model(source), open_backend(compiled), ids, mask, positions, decode_steps=8)
+
+
+def _steps_match(model, session, ids, mask, positions, decode_steps: int) -> None:
+    """A left-padded prefill, then ``decode_steps`` random tokens through both KV caches: logits within ATOL."""
     logits, cache = session.forward(ids.numpy(), mask.numpy(), positions.numpy(), session.empty_cache(2))
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -35,7 +39,7 @@ def test_prefill_and_decode_logits_match(family, tiny_model, hf_model):
 
     past = ref.past_key_values
     g = torch.Generator().manual_seed(1)
-    for step in range(8):
+    for step in range(decode_steps):
         token = torch.randint(1, 300, (2, 1), generator=g)
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
         positions = positions[:, -1:] + 1
@@ -154,21 +158,5 @@ def test_phi3_longrope_switches_to_its_long_factors_as_the_model_does(tmp_path, 
     source = make_random_model("phi3", tmp_path / "hf", rope_parameters=rope, original_max_position_embeddings=16,
                                max_position_embeddings=64)
     export(str(source), tmp_path / "onnx")
-    model, session = hf_model(source), open_backend(tmp_path / "onnx")
     ids, mask, positions = _padded_batch(prompt, length=prompt, pad=3)
-    logits, cache = session.forward(ids.numpy(), mask.numpy(), positions.numpy(), session.empty_cache(2))
-    with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    real = mask.bool().numpy()
-    np.testing.assert_allclose(logits[real], ref.logits.numpy()[real], atol=ATOL, rtol=0)
-    past, g = ref.past_key_values, torch.Generator().manual_seed(1)
-    for step in range(10):
-        token = torch.randint(1, 300, (2, 1), generator=g)
-        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
-        positions = positions[:, -1:] + 1
-        logits, cache = session.forward(token.numpy(), mask.numpy(), positions.numpy(), cache)
-        with torch.no_grad():
-            ref = model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=past,
-                        use_cache=True)
-        past = ref.past_key_values
-        np.testing.assert_allclose(logits, ref.logits.numpy(), atol=ATOL, rtol=0, err_msg=f"decode step {step}")
+    _steps_match(hf_model(source), open_backend(tmp_path / "onnx"), ids, mask, positions, decode_steps=10)

@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto
 from onnx import helper as h
 
-from planforge.graph_passes.lower_plugins import plugin
+from planforge.graph_passes.plugin_nodes import plugin
 from planforge.graph_passes.quik_rule import QuikLinearRule, pack_codes
 from planforge.graph_passes.schemes import QuantOptions
 from planforge.plugins.w4a4_gemm.reference import pack, unpack
