@@ -50,6 +50,9 @@ class OpSchema:
     # Outputs that are the named input, updated in place (same buffer): {"k_cache_out": "k_cache"}.
     aliases: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     torch_op: str = ""  # the torch.ops.planforge.* name that implements it
+    # TensorRT runs it as an AOT plugin (one Triton kernel embedded in the engine, no Python at run
+    # time) rather than a Python one (plugins/_tensorrt.py). Not part of the contract a graph relies on.
+    tensorrt_aot: bool = False
 
 
     @property

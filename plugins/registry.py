@@ -74,6 +74,12 @@ class PluginOp:
         here = Path(__file__).parent / self.package
         return ("torch",) + (("tensorrt",) if (here / "tensorrt.py").is_file() else ())
 
+    @property
+    def tensorrt_form(self) -> str:
+        """``aot`` (its Triton kernel is embedded in the engine) or ``python`` (TensorRT calls back
+        into the torch op, so the engine needs Python); see plugins/_tensorrt.py."""
+        return "aot" if self.schema.tensorrt_aot else "python"
+
 
 @cache
 def plugin_ops() -> dict[str, PluginOp]:
@@ -100,6 +106,24 @@ def plugin_op(op_type: str) -> PluginOp:
         raise PluginVersionError(f"the graph uses {key}, which this planforge does not have "
                                  f"(it has {', '.join(ops)}). Upgrade planforge, or rebuild the model with this one.")
     return ops[key]
+
+
+def load_tensorrt_plugins() -> dict[str, str]:
+    """Registers every op's TensorRT QDP plugin (its ``tensorrt.py``) with ``tensorrt.plugin``, once per
+    process; returns ``{"planforge::Name": "aot" | "python"}``. Needs TensorRT >= 10.9 (and Triton, which
+    compiles the AOT kernels)."""
+    from planforge.errors import BackendUnavailableError
+
+    try:
+        import tensorrt.plugin  # noqa: F401 (TensorRT's QDP module)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"TensorRT is not installed: {exc}. Install TensorRT >= 10.9 with its Python bindings "
+            "(pip install tensorrt) on a machine with an NVIDIA GPU.") from exc
+    ops = plugin_ops()
+    for package in sorted({op.package for op in ops.values()}):
+        importlib.import_module(f"planforge.plugins.{package}.tensorrt")
+    return {key: op.tensorrt_form for key, op in ops.items()}
 
 
 def opset_version() -> int:

@@ -53,6 +53,20 @@ def kv_update_kernel(KC, VC, KN, VN, P, COS, SIN, S, H, C, sinks,
     tl.store(vc + HALF_D, v2.to(VC.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def kv_update_entry(KC, VC, KN, VN, P, COS, SIN, S, H, C, sinks,
+                    skcb, skch, skcs, svcb, svch, svcs, sknb, sknh, skns, svnb, svnh, svns, scb, scs, KC_OUT, VC_OUT,
+                    HALF_D: tl.constexpr, BLOCK_S: tl.constexpr, ROLLING: tl.constexpr, ROTARY: tl.constexpr):
+    """The TensorRT AOT entry point (plugins/aot.py): inputs, scalars, then the outputs, which
+    alias the caches, so the rows are written through them."""
+    kv_update_kernel(KC_OUT, VC_OUT, KN, VN, P, COS, SIN, S, H, C, sinks,
+                     skcb, skch, skcs, svcb, svch, svcs, sknb, sknh, skns, svnb, svnh, svns, scb, scs,
+                     HALF_D, BLOCK_S, ROLLING, ROTARY)
+
+
+BLOCK_S = 32  # new rows per program (16 on the interpreter)
+
+
 def kv_cache_update(k_cache, v_cache, k_new, v_new, positions, cos=None, sin=None,
                     rolling: bool = False, sinks: int = 0) -> None:
     B, H, S, D = k_new.shape
@@ -66,7 +80,7 @@ def kv_cache_update(k_cache, v_cache, k_new, v_new, positions, cos=None, sin=Non
         cos, sin = cos.float().contiguous(), sin.float().contiguous()  # (B, S, D/2)
     else:
         cos = sin = k_new  # unused
-    block_s = 16 if interpreting() else 32
+    block_s = 16 if interpreting() else BLOCK_S
     kv_update_kernel[(B * H, triton.cdiv(S, block_s))](
         k_cache, v_cache, k_new, v_new, positions, cos, sin, S, H, C, sinks,
         *k_cache.stride()[:3], *v_cache.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3],

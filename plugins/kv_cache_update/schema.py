@@ -7,6 +7,7 @@ KV_CACHE_UPDATE = OpSchema(
     name="KVCacheUpdate",
     version=2,
     torch_op="kv_cache_update",
+    tensorrt_aot=True,
     inputs=(
         TensorSpec("k_cache", FLOAT, "[B, Hkv, C, D]", doc="updated in place"),
         TensorSpec("v_cache", FLOAT, "[B, Hkv, C, D]", doc="updated in place"),

@@ -219,6 +219,26 @@ def quik_gemm_kernel(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, WS, CNT, M, N, KB, K_S
 
 
 @triton.jit
+def quantize_entry(X, PERM, KQB, KO, sxm, sxqm, sxom, XQ, SX, ZX, XO,
+                   BITS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr):
+    """QuikQuantize's TensorRT AOT entry point (plugins/aot.py): inputs, scalars, outputs."""
+    quantize_kernel(X, PERM, XQ, SX, ZX, XO, KQB, KO, sxm, sxqm, sxom, BITS, BLOCK_B, BLOCK_O, False)
+
+
+_quik_gemm_body = quik_gemm_kernel.fn  # the JIT function under the autotuner
+
+
+@triton.jit
+def quik_matmul_entry(XQ, SX, ZX, XO, WQ, SW, WSUM, WO, M, N, KB, KO, sxq, swq, sxo, swo, sy, Y,
+                      BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr):
+    """QuikMatMul's TensorRT AOT entry point (plugins/aot.py): inputs, scalars, output; the whole
+    K per program (SPLIT_K = 1: the split-K workspace and counters are Python-launcher only)."""
+    _quik_gemm_body(XQ, WQ, SX, ZX, SW, WSUM, XO, WO, Y, Y, Y, M, N, KB, KB, KO, M, sxq, swq, sxo, swo, sy,
+                    BITS, False, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, 1, SWAP_AB, 64)
+
+
+@triton.jit
 def quik_gemv_kernel(X, PERM, XQ, SX, ZX, XO, WQ, SW, WSUM, WO, Y, N, KB, KO, swq, swo,
                      BITS: tl.constexpr, FUSED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      BLOCK_KO: tl.constexpr, BLOCK_X: tl.constexpr):
@@ -332,6 +352,15 @@ def _gemv(x, perm, x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits
     return y
 
 
+def quantize_block_b(kqb: int, bits: int) -> int:
+    """Output bytes per chunk of a token row."""
+    return min(next_pow2(kqb), QUANTIZE_CHUNK // (8 // bits))
+
+
+def quantize_block_o(n_outliers: int) -> int:
+    return max(2, next_pow2(n_outliers))
+
+
 def quantize(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, bits: int = 4, codes: torch.dtype | None = None):
     """Triton version of reference.quantize_activations (bit-exact).
 
@@ -351,7 +380,7 @@ def quantize(x: torch.Tensor, perm: torch.Tensor, n_outliers: int, bits: int = 4
     xo = torch.empty((M, n_outliers), dtype=x.dtype, device=x.device)
     quantize_kernel[(M,)](
         x, perm, xq, sx, zx, xo, kqb, n_outliers, x.stride(0), xq.stride(0), max(1, xo.stride(0)),
-        BITS=bits, BLOCK_B=min(next_pow2(kqb), QUANTIZE_CHUNK // pack), BLOCK_O=max(2, next_pow2(n_outliers)),
+        BITS=bits, BLOCK_B=quantize_block_b(kqb, bits), BLOCK_O=quantize_block_o(n_outliers),
         UNPACKED=codes is not None, num_warps=4,
     )
     return xq, sx, zx, xo

@@ -8,6 +8,7 @@ QUANTIZE = OpSchema(
     name="QuikQuantize",
     version=2,
     torch_op="quik_quantize",
+    tensorrt_aot=True,
     inputs=(
         TensorSpec("x", FLOAT, "[M, K]"),
         TensorSpec("perm", ("int32",), "[K]", doc="quantized columns first, outlier columns last"),
@@ -26,6 +27,7 @@ MATMUL = OpSchema(
     name="QuikMatMul",
     version=2,
     torch_op="quik_matmul",
+    tensorrt_aot=True,
     inputs=(
         TensorSpec("x_q", ("int8",), "[M, Kq * bits / 8]"),
         TensorSpec("x_scale", ("float32",), "[M]"),

@@ -1,0 +1,299 @@
+"""The TensorRT QDP plugins (plugins/*/tensorrt.py), everything up to the TensorRT call.
+
+TensorRT cannot be installed here, so ``tensorrt_double`` stands in for ``tensorrt.plugin``:
+these tests run the real registration, shape, autotune, Python-impl and AOT functions. The AOT
+payloads are real: Triton compiles each entry kernel for sm_90, Triton's bundled ptxas assembles
+the PTX, and the launch grid and extra scalars are compared with what the op's own Python
+launcher passes its kernel for the same shapes. What TensorRT itself would do with them is not
+tested.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+import torch
+
+import tensorrt_double
+from planforge.errors import BackendUnavailableError
+from planforge.plugins.registry import load_tensorrt_plugins, plugin_op, plugin_ops
+
+ATTR_TYPES = {"int": int, "float": float}
+
+
+@pytest.fixture(scope="module")
+def trt_api():
+    trt, trtp, registry = tensorrt_double.install()
+    try:
+        forms = load_tensorrt_plugins()
+        glue = importlib.import_module("planforge.plugins._tensorrt")
+        yield trt, trtp, registry, forms, glue
+    finally:
+        tensorrt_double.uninstall()
+
+
+def test_without_tensorrt_loading_the_plugins_says_so():
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        load_tensorrt_plugins()
+
+
+def test_every_op_has_a_plugin_in_its_declared_form(trt_api):
+    _, _, registry, forms, _ = trt_api
+    assert set(forms) == set(plugin_ops())
+    for key, op in plugin_ops().items():
+        kinds = set(registry[key])
+        assert {"register", "autotune", "impl"} <= kinds, key
+        assert ("aot_impl" in kinds) == op.schema.tensorrt_aot == (forms[key] == "aot"), key
+        assert "tensorrt" in op.backends
+
+
+def test_plugin_signatures_follow_the_schema(trt_api):
+    _, trtp, registry, _, _ = trt_api
+    for key, op in plugin_ops().items():
+        s = op.schema
+        tensors = [t.name for t in s.inputs]
+        attributes = [a.name for a in s.attributes] + [f"has_{t.name}" for t in s.inputs if t.optional]
+        register = inspect.signature(registry[key]["register"]).parameters
+        assert list(register) == tensors + attributes, key
+        assert all(register[n].annotation in (trtp.TensorDesc, "trtp.TensorDesc") for n in tensors), key
+        for a in s.attributes:  # the schema's default, in the plugin's attribute type
+            assert register[a.name].default == a.default and str(register[a.name].annotation) in (
+                ATTR_TYPES[a.type].__name__, str(ATTR_TYPES[a.type])), (key, a.name)
+        for kind, tail in (("autotune", ["outputs"]), ("impl", ["outputs", "stream"]),
+                           ("aot_impl", ["outputs", "tactic"])):
+            if kind in registry[key]:
+                params = list(inspect.signature(registry[key][kind]).parameters)
+                if kind == "aot_impl" and "tactic" not in params:  # optional: for ops with one kernel config
+                    tail = ["outputs"]
+                assert params == tensors + attributes + tail, (key, kind)
+
+
+# ---- one small case per op: CPU tensors, attributes ----------------------------------------------
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    i32 = lambda *values: torch.tensor(values, dtype=torch.int32)  # noqa: E731
+    B, Hq, Hkv, D, C, d = 2, 4, 2, 8, 12, 16
+    from planforge.plugins.w4a4_gemm import reference as quik
+
+    perm = torch.randperm(32, generator=g).to(torch.int32)
+    x = r(5, 32)
+    xq = quik.quantize_activations(x, perm, 4, 4)
+    w = quik.quantize_weights(r(24, 32), perm, 4, 4)
+    caches = lambda: [torch.zeros(B, Hkv, C, D), torch.zeros(B, Hkv, C, D)]  # noqa: E731
+    return {
+        "planforge::KVCacheUpdate": ([*caches(), r(B, Hkv, 3, D), r(B, Hkv, 3, D), i32(0, 5), r(B, 3, D // 2),
+                                      r(B, 3, D // 2)], {"rolling": 1, "sinks": 2}),
+        "planforge::QuikQuantize": ([x, perm], {"n_outliers": 4, "bits": 4}),
+        "planforge::QuikMatMul": ([*xq, w.packed, w.scale, w.wsum, w.outliers.float()], {"bits": 4}),
+        "planforge::FusedAttentionPrefill": ([r(1, Hq, 5, D), r(1, Hkv, 7, D), r(1, Hkv, 7, D)],
+                                             {"scale": 0.0, "window": 3, "sinks": 1}),
+        "planforge::FusedAttentionDecode": ([r(B, Hq, D), r(B, Hkv, C, D), r(B, Hkv, C, D), i32(3, 12)],
+                                            {"scale": 0.3}),
+        "planforge::SparseMLP": ([r(B, d), r(32, d), r(32, d), r(32, d), i32(1, 4, 9, 30, 2, 7, 11, 0).view(B, 4)], {}),
+        "planforge::SparseHeadsAttention": ([r(B, d), r(Hq * D, d), r(Hq * D, d), r(B, Hkv, C, D), r(B, Hkv, C, D),
+                                             i32(3, 12), i32(0, 3, 1, 2).view(B, 2), None, r(B, D // 2),
+                                             r(B, D // 2)], {"scale": 0.0}),
+    }
+
+
+def _placeholders(op, inputs):
+    """What the TensorRT graph preparation passes: a one-element tensor and has_<name>=0 for an omitted input."""
+    flags = {f"has_{spec.name}": int(t is not None) for spec, t in zip(op.schema.inputs, inputs) if spec.optional}
+    return [torch.zeros(1) if t is None else t for t in inputs], flags
+
+
+@pytest.mark.parametrize("key", sorted(_cases()))
+def test_output_shapes_and_dtypes_match_the_torch_op(trt_api, key):
+    trt, _, registry, _, _ = trt_api
+    op = plugin_op(key.split("::")[1])
+    inputs, attributes = _cases()[key]
+    expected = op.run([t.clone() if t is not None else None for t in inputs], attributes)
+    filled, flags = _placeholders(op, inputs)
+    descs = [tensorrt_double.TensorDesc(t.shape, getattr(trt, tensorrt_double.DTYPES[t.dtype])) for t in filled]
+    outputs = registry[key]["register"](*descs, **attributes, **flags)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    assert len(outputs) == len(expected) == len(op.schema.outputs)
+    aliases = dict(op.schema.aliases)
+    for spec, desc, value in zip(op.schema.outputs, outputs, expected):
+        assert tuple(desc.shape_expr) == tuple(value.shape), (key, spec.name)
+        assert desc.dtype == tensorrt_double.DTYPES[value.dtype], (key, spec.name)
+        if spec.name in aliases:
+            names = [s.name for s in op.schema.inputs]
+            assert desc.alias_of is descs[names.index(aliases[spec.name])], (key, spec.name)
+
+
+@pytest.mark.parametrize("key", sorted(_cases()))
+def test_python_impl_writes_the_torch_op_results_into_tensorrt_outputs(trt_api, key, monkeypatch):
+    trt, _, registry, _, glue = trt_api
+    monkeypatch.setattr(glue, "as_torch", lambda t: t.value)
+    op = plugin_op(key.split("::")[1])
+    inputs, attributes = _cases()[key]
+    expected = op.run([t.clone() if t is not None else None for t in inputs], attributes)
+    filled, flags = _placeholders(op, [t.clone() if t is not None else None for t in inputs])
+    wrapped = [tensorrt_double.Tensor(t, trt) for t in filled]
+    aliases = dict(op.schema.aliases)
+    names = [s.name for s in op.schema.inputs]
+    outputs = tuple(wrapped[names.index(aliases[s.name])] if s.name in aliases
+                    else tensorrt_double.Tensor(_garbage_like(e), trt)
+                    for s, e in zip(op.schema.outputs, expected))
+    registry[key]["impl"](*wrapped, **attributes, **flags, outputs=outputs, stream=0)
+    for out, value in zip(outputs, expected):
+        torch.testing.assert_close(out.value, value, rtol=0, atol=0)
+
+
+def _garbage_like(t):
+    """An output buffer as TensorRT hands it over: not zeroed."""
+    return torch.full_like(t, float("nan")) if t.is_floating_point() else torch.full_like(t, 77)
+
+
+# ---- AOT payloads: real Triton compiles for sm_90 ---------------------------------------------------
+
+class LaunchRecorder:
+    """Stands in for a @triton.jit kernel in a Python launcher: records the grid and arguments."""
+
+    def __init__(self, real):
+        self.arg_names = list(real.arg_names)
+        self.calls = []
+
+    @property
+    def fn(self):
+        return self
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append((grid, dict(zip(self.arg_names, args)), kwargs))
+        return launch
+
+
+def _aot(registry, key, descs, attributes, tactic):
+    fn = registry[key]["aot_impl"]
+    kwargs = dict(attributes, outputs=())
+    if "tactic" in inspect.signature(fn).parameters:
+        kwargs["tactic"] = tactic
+    name, ptx, launch, extras = fn(*descs, **kwargs)
+    return name, ptx, (launch.grid_x, launch.grid_y, launch.grid_z), launch, [e.value for e in extras]
+
+
+def _check_payload(aot, name, ptx, n_tensors, n_scalars):
+    assert name in ptx
+    assert len(aot.ptx_params(ptx, name)) == n_tensors + n_scalars  # exactly what TensorRT passes
+    assert aot.ptx_target(ptx) == "sm_90a" and aot.ptx_isa(ptx) == "8.7"
+    aot.ptxas_check(ptx)
+
+
+def _grid3(grid):
+    return tuple(grid) + (1,) * (3 - len(grid))
+
+
+@pytest.mark.parametrize("dtype,rotary,rolling,tactic", [("float16", True, 0, 1), ("float16", False, 1, 2),
+                                                         ("bfloat16", True, 1, 1)])
+def test_kv_cache_update_aot_payload_matches_its_launcher(trt_api, monkeypatch, dtype, rotary, rolling, tactic):
+    pytest.importorskip("triton")
+    trt, _, registry, _, _ = trt_api
+    from planforge.plugins import aot
+    from planforge.plugins.kv_cache_update import kernel, tensorrt as plugin
+
+    B, H, C, D, S, sinks = 3, 2, 40, 64, 70, 4
+    torch_dtype = getattr(torch, dtype)
+    caches = [torch.zeros(B, H, C, D, dtype=torch_dtype) for _ in range(2)]
+    new = [torch.zeros(B, H, S, D, dtype=torch_dtype) for _ in range(2)]
+    table = torch.zeros(B, S, D // 2) if rotary else torch.zeros(1)
+    t = getattr(trt, dtype)
+    descs = [tensorrt_double.TensorDesc(x.shape, t) for x in caches + new] + [
+        tensorrt_double.TensorDesc((B,), trt.int32), tensorrt_double.TensorDesc(table.shape, trt.float32),
+        tensorrt_double.TensorDesc(table.shape, trt.float32)]
+    attributes = {"rolling": rolling, "sinks": sinks, "has_cos": int(rotary), "has_sin": int(rotary)}
+    name, ptx, grid, launch, extras = _aot(registry, "planforge::KVCacheUpdate", descs, attributes, tactic)
+    _check_payload(aot, name, ptx, n_tensors=7 + 2, n_scalars=len(plugin.SCALARS))
+
+    recorder = LaunchRecorder(kernel.kv_update_kernel)
+    monkeypatch.setattr(kernel, "kv_update_kernel", recorder)
+    monkeypatch.setattr(kernel, "BLOCK_S", plugin.TACTICS[tactic])
+    kernel.kv_cache_update(*caches, *new, torch.zeros(B, dtype=torch.int32), table if rotary else None,
+                           table if rotary else None, rolling=bool(rolling), sinks=sinks)
+    (py_grid, args, constexprs), = recorder.calls
+    assert grid == _grid3(py_grid)
+    assert extras == [args[n] for n in plugin.SCALARS]
+    assert constexprs["BLOCK_S"] == plugin.TACTICS[tactic] and constexprs["ROTARY"] == rotary
+    assert list(kernel.kv_update_entry.arg_names[7:7 + len(plugin.SCALARS)]) == list(plugin.SCALARS)
+
+
+@pytest.mark.parametrize("bits,K,n_outliers,M", [(4, 4096, 128, 7), (8, 11008, 256, 1)])
+def test_quik_quantize_aot_payload_matches_its_launcher(trt_api, monkeypatch, bits, K, n_outliers, M):
+    pytest.importorskip("triton")
+    trt, _, registry, _, _ = trt_api
+    from planforge.plugins import aot
+    from planforge.plugins.w4a4_gemm import kernel, tensorrt as plugin
+
+    descs = [tensorrt_double.TensorDesc((M, K), trt.float16), tensorrt_double.TensorDesc((K,), trt.int32)]
+    name, ptx, grid, launch, extras = _aot(registry, "planforge::QuikQuantize", descs,
+                                           {"n_outliers": n_outliers, "bits": bits}, None)
+    _check_payload(aot, name, ptx, n_tensors=2 + 4, n_scalars=len(plugin.QUANTIZE_SCALARS))
+
+    recorder = LaunchRecorder(kernel.quantize_kernel)
+    monkeypatch.setattr(kernel, "quantize_kernel", recorder)
+    kernel.quantize(torch.zeros(M, K, dtype=torch.float16), torch.arange(K, dtype=torch.int32), n_outliers, bits)
+    (py_grid, args, constexprs), = recorder.calls
+    assert grid == _grid3(py_grid)
+    assert extras == [args[n] for n in plugin.QUANTIZE_SCALARS]
+
+
+@pytest.mark.parametrize("tactic,M", [(1, 9), (2, 40), (3, 100)])
+def test_quik_matmul_aot_payload_matches_its_launcher(trt_api, monkeypatch, tactic, M):
+    pytest.importorskip("triton")
+    trt, _, registry, _, _ = trt_api
+    from planforge.plugins import aot
+    from planforge.plugins.w4a4_gemm import kernel, tensorrt as plugin
+
+    N, K, KO, bits = 4096, 4096, 128, 4
+    KB = (K - KO) * bits // 8
+    shapes = [((M, KB), trt.int8), ((M,), trt.float32), ((M,), trt.float32), ((M, KO), trt.float16),
+              ((N, KB), trt.int8), ((N,), trt.float32), ((N,), trt.float32), ((N, KO), trt.float16)]
+    descs = [tensorrt_double.TensorDesc(s, t) for s, t in shapes]
+    name, ptx, grid, launch, extras = _aot(registry, "planforge::QuikMatMul", descs, {"bits": bits}, tactic)
+    _check_payload(aot, name, ptx, n_tensors=8 + 1, n_scalars=len(plugin.MATMUL_SCALARS))
+
+    bm, bn, bk, group_m, swap, warps, stages = plugin.GEMM_TACTICS[tactic]
+    tensors = [torch.zeros(s, dtype={trt.int8: torch.int8, trt.float32: torch.float32,
+                                     trt.float16: torch.float16}[t]) for s, t in shapes]
+    x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out = tensors
+    recorder = LaunchRecorder(kernel.quik_gemm_kernel.fn)
+    monkeypatch.setattr(kernel, "quik_gemm_kernel", recorder)
+    y = torch.empty(M, N, dtype=torch.float16)
+    if bm == 16:  # the decode tile: the launcher's own small-M path, without its K split
+        kernel._small_m(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits, False, y,
+                        config=(bn, bk, warps, stages, 1, swap))
+        (py_grid, args, constexprs), = recorder.calls
+    else:  # the autotuned path: its grid for this tactic's tile
+        kernel.matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits)
+        (py_grid, args, constexprs), = recorder.calls
+        py_grid = py_grid({"BLOCK_M": bm, "BLOCK_N": bn})
+    assert grid == _grid3(py_grid)
+    assert launch.block_x == warps * 32
+    assert extras == [args[n] for n in plugin.MATMUL_SCALARS]
+
+
+def test_aot_entry_kernels_compute_the_reference_with_the_plugins_scalars():
+    """The entries run on Triton's CPU interpreter with the grid and scalars the plugins give
+    TensorRT (tests/plugins/aot_entries_interpreted.py): a misordered or wrong scalar shows here."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, str(tests / "plugins" / "aot_entries_interpreted.py")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "AOT entries match the references" in result.stdout
