@@ -73,6 +73,15 @@ class PluginVersionError(CompiledModelError):
     """A lowered graph uses a plugin op, or an op version, this planforge does not have."""
 
 
+class EngineMismatchError(CompiledModelError):
+    """A TensorRT engine built for another TensorRT version or GPU, or one TensorRT cannot deserialize
+    (a plugin it names is not registered)."""
+
+
+class EngineBuildError(PlanforgeError):
+    """TensorRT could not parse the graph or build the engine, or an engine setting is out of range."""
+
+
 class UnsupportedOpError(CompiledModelError):
     """A graph node that the backend running it has no implementation for."""
 

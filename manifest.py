@@ -20,9 +20,10 @@ from planforge.errors import CompiledModelError
 KV_NUMPY_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # What model.onnx is written for: the portable standard-op graph (export, optimize --target portable),
 # or a lowering of it onto one backend's own kernels (optimize --target onnxruntime), or onto planforge's
-# plugin ops (build --target torch; TensorRT parses the same graph).
+# plugin ops (build --target torch), or that plugin graph prepared for TensorRT with its engine beside it
+# (build --target tensorrt).
 PORTABLE = "portable"
-TARGETS = (PORTABLE, "onnxruntime", "torch")
+TARGETS = (PORTABLE, "onnxruntime", "torch", "tensorrt")
 
 
 @dataclass
@@ -69,6 +70,9 @@ class Manifest:
     target: str = PORTABLE
     # Set by the plugin lowering: {"planforge::Name": version} of every plugin op model.onnx uses.
     plugin_ops: dict = field(default_factory=dict)
+    # Set by `build --target tensorrt`: the engine file, the TensorRT version and GPU it was built for, its
+    # plugins' forms and optimization profiles (runtime/tensorrt_engine.py).
+    tensorrt: Optional[dict] = None
     format_version: int = constants.FORMAT_VERSION
 
     def save(self, directory: Path) -> None:

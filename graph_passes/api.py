@@ -35,7 +35,7 @@ def _load(model_dir: Path, options: OptimizeOptions) -> tuple[Manifest, ir.Model
     return manifest, ir.load(str(model_dir / constants.MODEL_FILE))
 
 
-def _save(model: ir.Model, model_dir: Path, out: Path, manifest: Manifest, force: bool) -> None:
+def _save(model: ir.Model, model_dir: Path, out: Path, manifest: Manifest, force: bool, finish=None) -> None:
     with atomic_output_dir(out, force) as tmp:
         external = manifest.external_data
         ir.save(model, str(tmp / constants.MODEL_FILE),
@@ -44,12 +44,16 @@ def _save(model: ir.Model, model_dir: Path, out: Path, manifest: Manifest, force
             if item.is_file() and item.name not in (constants.MODEL_FILE, constants.EXTERNAL_DATA_FILE,
                                                     constants.MANIFEST_FILE, GENAI_CONFIG_FILE):
                 shutil.copy2(item, tmp / item.name)
+        if finish is not None:  # e.g. the TensorRT engine, built from the saved graph; it may extend the manifest
+            finish(tmp, manifest)
         manifest.save(tmp)
         write_genai_config(tmp, manifest)
 
 
-def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOptions()
+def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOptions(), finish=None
              ) -> tuple[Manifest, list[PassReport]]:
+    """``finish(staging_dir, manifest)``, if given, runs on the written output before it is moved into place
+    (``build --target tensorrt`` builds the engine there), so its failure leaves nothing either."""
     model_dir = Path(model_dir)
     refuse_existing(out, options.force)
     manifest, model = _load(model_dir, options)
@@ -62,5 +66,5 @@ def optimize(model_dir: Path, out: Path, options: OptimizeOptions = OptimizeOpti
         ir.passes.common.RemoveUnusedNodesPass()(model)  # float weights a later pass replaced inside the If branches
     for graph_pass in passes:
         graph_pass.record(manifest)
-    _save(model, model_dir, out, manifest, options.force)
+    _save(model, model_dir, out, manifest, options.force, finish)
     return manifest, reports

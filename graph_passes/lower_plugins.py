@@ -185,7 +185,7 @@ class LowerPluginsPass(GraphPass):
 
     @classmethod
     def from_options(cls, options, context: PassContext) -> Optional["LowerPluginsPass"]:
-        if options.target != "torch":
+        if options.target not in ("torch", "tensorrt"):  # TensorRT parses the same plugin graph
             return None
         return cls(context.manifest, options.allow_partial, str(context.model_dir.resolve()))
 

@@ -14,7 +14,7 @@ from planforge.graph_passes.streaming_attention import StreamingOptions
 # What model.onnx is written for: lowered onto ONNX Runtime's own kernels (the fast default on the
 # embedded runtime), or the portable standard-op QDQ graph (the semantic reference, what TensorRT reads).
 # torch: lowered onto planforge's plugin ops (`planforge build --target torch`).
-OPTIMIZE_TARGETS = ("onnxruntime", "portable", "torch")
+OPTIMIZE_TARGETS = ("onnxruntime", "portable", "torch", "tensorrt")
 # MatMulNBits compute for 4-bit weights on --target onnxruntime: 4 = int8 activations per block (fast; what
 # ONNX Runtime GenAI ships), 1 = float32 (exact dequantization of the portable graph's weights).
 ACCURACY_LEVELS = (1, 4)

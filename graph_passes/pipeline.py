@@ -8,7 +8,8 @@ Order matters and is fixed here:
 4. streaming attention: the sink + rolling-window KV cache;
 5. the backend lowerings, last: they map the portable result onto one backend's kernels
    (``lower_onnxruntime`` for ``--target onnxruntime``, ``lower_plugins`` onto planforge's plugin
-   ops for ``build --target torch``; ``--target portable`` skips them).
+   ops for ``build --target torch`` and ``tensorrt``, then ``prepare_tensorrt`` for TensorRT's
+   parser; ``--target portable`` skips them).
 
 Each pass builds itself from the options (``from_options``, which checks its own
 preconditions), so the pipeline only walks this list.
@@ -27,6 +28,7 @@ from planforge.graph_passes.lower_plugins import LowerPluginsPass
 from planforge.graph_passes.quantize_embedding import QuantizeEmbeddingPass
 from planforge.graph_passes.quantize_linears import QuantizeLinearsPass
 from planforge.graph_passes.streaming_attention import StreamingAttentionPass
+from planforge.graph_passes.tensorrt_prep import PrepareTensorRTPass
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ PASSES: list[type[GraphPass]] = [
     StreamingAttentionPass,
     LowerOnnxRuntimePass,
     LowerPluginsPass,
+    PrepareTensorRTPass,
 ]
 
 

@@ -218,6 +218,9 @@ class QuantizeLinearsPass(GraphPass):
                                        "--calib FILE.")
             from planforge.tokenizer import read_text
 
+            if context.manifest.dtype == "bf16":  # calibration runs on ONNX Runtime's CPU kernels
+                raise CalibrationError(f"--quant {quant.scheme} calibrates on ONNX Runtime, which has no bfloat16 "
+                                       "MatMul on the CPU: quantize the fp16 or fp32 export of the model instead.")
             text = read_text(options.calib, "--calib")  # a missing or non-UTF-8 file fails before any work
             seq_len = options.calib_seq_len or min(256, context.manifest.dims.max_seq_len)
             graph_pass.calibration_request = (text, options.calib_samples, seq_len, str(options.calib))

@@ -140,8 +140,7 @@ def run_torch_op(schema: OpSchema, inputs, attributes: dict, outputs, stream: in
 
     from planforge.plugins.registry import plugin_op
 
-    present = {spec.name: bool(attributes.pop(f"has_{spec.name}", 1)) for spec in schema.inputs if spec.optional}
-    tensors = [as_torch(t) if present.get(spec.name, True) else None for spec, t in zip(schema.inputs, inputs)]
+    tensors = [as_torch(t) for t in inputs]  # placeholders too: run() drops those whose has_<input> is 0
     on_stream = torch.cuda.stream(torch.cuda.ExternalStream(stream)) if torch.cuda.is_available() else contextlib.nullcontext()
     with on_stream:
         results = plugin_op(schema.name).run(tensors, attributes)

@@ -29,6 +29,14 @@ from planforge.plugins._schema import OpSchema
 # op type, ``plugin_version`` and ``plugin_namespace`` when no importer owns the op type.
 PLUGIN_NAMESPACE = DOMAIN
 NODE_ATTRIBUTES = ("plugin_namespace", "plugin_version")
+# Attributes the TensorRT graph preparation adds (graph_passes/tensorrt_prep.py): ``aot=1`` picks a QDP
+# plugin's AOT implementation, and ``has_<input>=0`` marks an omitted optional input that reaches the
+# plugin as a one-element placeholder (TensorRT passes a plugin every input).
+AOT_ATTRIBUTE = "aot"
+
+
+def presence_attribute(input_name: str) -> str:
+    return f"has_{input_name}"
 _ONNX_DTYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "bfloat16": "tensor(bfloat16)",
                 "int8": "tensor(int8)", "int32": "tensor(int32)", "int64": "tensor(int64)"}
 _SHAPE_NAME = re.compile(r"^[A-Za-z_]\w*$")
@@ -46,10 +54,14 @@ class PluginOp:
     def run(self, inputs: list, attributes: dict) -> list:
         """Runs the op on torch tensors (``None`` for an omitted optional input) through
         ``torch.ops.planforge.<torch_op>``: the outputs in schema order, an aliased output being the
-        (updated) input itself. ``attributes`` are the node's, the TensorRT lookup ones ignored."""
+        (updated) input itself. ``attributes`` are the node's; the TensorRT-only ones are not passed on
+        (``has_<input>=0`` turns that input into ``None``)."""
         overload, bool_args = self._torch_op
+        absent = [i for i, flag in self._presence if not attributes.get(flag, 1)]
+        if absent:  # a TensorRT-prepared graph: the placeholder stands for an omitted input
+            inputs = [None if i in absent else value for i, value in enumerate(inputs)]
         kwargs = {**self.schema.attribute_defaults(),
-                  **{k: v for k, v in attributes.items() if k not in NODE_ATTRIBUTES}}
+                  **{k: v for k, v in attributes.items() if k not in self._not_torch_arguments}}
         for name in bool_args.intersection(kwargs):  # ONNX has no bool attributes: rolling=1 -> True
             kwargs[name] = bool(kwargs[name])
         result = overload(*inputs, **kwargs)
@@ -57,6 +69,15 @@ class PluginOp:
         by_name = {spec.name: value for spec, value in zip(self.schema.inputs, inputs)}
         aliases = dict(self.schema.aliases)
         return [by_name[aliases[spec.name]] if spec.name in aliases else next(produced) for spec in self.schema.outputs]
+
+    @cached_property
+    def _presence(self) -> tuple[tuple[int, str], ...]:
+        return tuple((i, presence_attribute(t.name)) for i, t in enumerate(self.schema.inputs) if t.optional)
+
+    @cached_property
+    def _not_torch_arguments(self) -> frozenset[str]:
+        """Node attributes for TensorRT only: its plugin lookup, the AOT switch, the presence flags."""
+        return frozenset(NODE_ATTRIBUTES) | {AOT_ATTRIBUTE} | {flag for _, flag in self._presence}
 
     @cached_property
     def _torch_op(self):
@@ -115,7 +136,7 @@ def load_tensorrt_plugins() -> dict[str, str]:
     from planforge.errors import BackendUnavailableError
 
     try:
-        import tensorrt.plugin  # noqa: F401 (TensorRT's QDP module)
+        importlib.import_module("tensorrt.plugin")  # TensorRT's QDP module
     except ImportError as exc:
         raise BackendUnavailableError(
             f"TensorRT is not installed: {exc}. Install TensorRT >= 10.9 with its Python bindings "
@@ -182,7 +203,11 @@ def _onnx_schema(s: OpSchema):
         type_constraints=[(var, [_ONNX_DTYPES[d] for d in dtypes], "") for dtypes, var in types.items()],
         attributes=[Attr(a.name, attr_types[a.type], a.doc, required=False) for a in s.attributes]
         + [Attr(name, defs.OpSchema.AttrType.STRING, "for TensorRT's plugin lookup", required=False)
-           for name in NODE_ATTRIBUTES],
+           for name in NODE_ATTRIBUTES]
+        + [Attr(AOT_ATTRIBUTE, defs.OpSchema.AttrType.INT, "TensorRT: 1 runs the AOT plugin", required=False)]
+        + [Attr(presence_attribute(t.name), defs.OpSchema.AttrType.INT,
+                f"TensorRT: 0 when {t.name} is a placeholder for the omitted input", required=False)
+           for t in s.inputs if t.optional],
     )
     schema.set_type_and_shape_inference_function(lambda ctx: _infer(s, ctx))
     return schema

@@ -36,7 +36,7 @@ class BackendSpec:
 
 
 _REGISTRY: dict[str, BackendSpec] = {}
-_NOT_BACKENDS = {"base", "registry"}
+_NOT_BACKENDS = {"base", "registry", "in_place"}  # helpers, not backends
 
 
 def register_backend(name: str, *, targets: tuple[str, ...], default_for: tuple[str, ...] = (),

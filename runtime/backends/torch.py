@@ -10,11 +10,8 @@ Two cache contracts, from the manifest:
 
 - portable graphs: ``present = concat(past, new)``, the presents kept as torch
   tensors on the device between steps;
-- lowered graphs (``build --target torch``): one preallocated buffer per layer
-  that ``KVCacheUpdate`` writes in place, plus the valid length of each sequence.
-  The fused ops take no padding mask, so a left-padded prefill runs row by row
-  on views of the rows' buffers, and several new tokens over a filled cache run
-  one decode step each (exact; the multiple-choice path).
+- lowered graphs (``build --target torch``, and the TensorRT-prepared graph of an
+  engine directory): preallocated buffers written in place (``in_place.py``).
 
 torch is imported when a model is opened, so ``planforge.runtime`` still imports
 without it.
@@ -32,21 +29,13 @@ from planforge import constants
 from planforge.errors import BackendUnavailableError, CompiledModelError
 from planforge.manifest import Manifest, check_graph_inputs
 from planforge.runtime.backends.base import Backend
+from planforge.runtime.backends.in_place import InPlaceContract, InPlaceKVCache
 from planforge.runtime.backends.registry import register_backend
 
 @dataclass
 class TorchKVCache:
     values: list  # [key_0, value_0, ...] torch tensors on the device, each (B, Hkv, P, D)
     length: int
-
-
-@dataclass
-class InPlaceKVCache:
-    """The lowered contract's cache: ``buffers`` (B, Hkv, C_i, D) per layer, written in place."""
-
-    buffers: list  # [key_0, value_0, ...]
-    lengths: np.ndarray  # (B,) tokens each sequence has written: the absolute slot of its next one
-    length: int  # attention-mask columns seen so far (the caller's P), padding included
 
 
 def _to_host(logits, last_only: bool) -> np.ndarray:
@@ -64,9 +53,9 @@ def _check_device(device: str) -> None:
             "also need `pip install triton`.")
 
 
-@register_backend("torch", targets=("portable", "torch"), default_for=("torch",), devices=("cpu", "cuda"), requires=("torch",),
+@register_backend("torch", targets=("portable", "torch", "tensorrt"), default_for=("torch",), devices=("cpu", "cuda"), requires=("torch",),
                   install="`pip install torch==2.13.0` (CPU), or a CUDA build of torch with triton for --device cuda.")
-class TorchBackend(Backend):
+class TorchBackend(InPlaceContract, Backend):
     """A compiled model directory executed by torch on ``device``."""
 
     def __init__(self, model_dir: Path, manifest: Manifest, device: str = "cpu", threads: Optional[int] = None,
@@ -119,16 +108,13 @@ class TorchBackend(Backend):
 
         d = self.manifest.dims
         if self._in_place:
-            buffers = [torch.zeros(batch_size, d.num_kv_heads, layer["capacity"], d.head_dim, dtype=self._kv_dtype,
-                                   device=self.device) for layer in self.manifest.io["kv_cache"] for _ in (0, 1)]
-            return InPlaceKVCache(buffers, np.zeros(batch_size, np.int64), 0)
+            return self._empty_in_place(batch_size)
         empty = torch.zeros(batch_size, d.num_kv_heads, 0, d.head_dim, dtype=self._kv_dtype, device=self.device)
         return TorchKVCache(values=[empty] * len(self._cache_names), length=0)
 
     def repeat_cache(self, cache, times: int):
         if isinstance(cache, InPlaceKVCache):
-            return InPlaceKVCache([b.repeat_interleave(times, dim=0) for b in cache.buffers],
-                                  np.repeat(cache.lengths, times), cache.length)
+            return self._repeat_in_place(cache, times)
         return TorchKVCache([v.repeat_interleave(times, dim=0) for v in cache.values], cache.length)
 
     def forward(self, input_ids, attention_mask, position_ids, cache, last_only: bool = False):
@@ -147,39 +133,8 @@ class TorchBackend(Backend):
     def _step(self, ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray, buffers: list,
               last_only: bool = False) -> np.ndarray:
         """One graph run: writes the new tokens at slots ``lengths`` (+ s) of ``buffers``; logits (B, S, V)."""
-        capacity = self.manifest.dims.max_seq_len
-        if self._streaming_slots is None and int(lengths.max()) + ids.shape[1] > capacity:
-            from planforge.errors import PromptTooLongError
-
-            raise PromptTooLongError(f"the KV cache holds {capacity} positions (max_seq_len); this step needs "
-                                     f"{int(lengths.max()) + ids.shape[1]}. Use a shorter prompt or fewer new tokens.")
+        self._check_capacity(lengths, ids.shape[1])
         feeds = {constants.INPUT_IDS: self._tensor(ids), constants.POSITION_IDS: self._tensor(positions),
                  constants.PAST_LENGTHS: self._tensor(lengths, np.int32), **dict(zip(self._cache_names, buffers))}
         run = self._graphed if self._graphed is not None and ids.shape[1] == 1 else self._graph.run
         return _to_host(run(feeds)[0], last_only)
-
-    def _forward_in_place(self, ids, mask, positions, cache: InPlaceKVCache, last_only: bool):
-        B, S = ids.shape
-        new = mask[:, cache.length:]  # (B, S): 1 for a real new token
-        if S == 1 or (cache.length == 0 and new.all()):  # one batched run: decode, or an unpadded prefill
-            logits = self._step(ids, positions, cache.lengths, cache.buffers, last_only)
-        elif cache.length == 0:  # left-padded prefill: each row alone, on views of its buffers
-            logits = np.zeros((B, 1 if last_only else S, self.manifest.dims.vocab_size), np.float32)
-            for b in range(B):
-                real = new[b].astype(bool)
-                rows = [buffer[b:b + 1] for buffer in cache.buffers]
-                row = self._step(ids[b:b + 1, real], positions[b:b + 1, real], cache.lengths[b:b + 1], rows,
-                                 last_only)[0]
-                logits[b, slice(None) if last_only else real] = row  # left padding: the last column is real
-        else:  # new tokens over a filled cache: one decode step each
-            steps = [self._step(ids[:, t:t + 1], positions[:, t:t + 1], cache.lengths + t, cache.buffers)
-                     for t in range(S)]
-            logits = steps[-1] if last_only else np.concatenate(steps, axis=1)
-            # every token is written (a right-padded continuation's padding comes after its real tokens)
-            return logits, InPlaceKVCache(cache.buffers, cache.lengths + S, self._mask_columns(cache.length + S))
-        lengths = cache.lengths + new.sum(axis=1)
-        return logits, InPlaceKVCache(cache.buffers, lengths, self._mask_columns(cache.length + S))
-
-    def _mask_columns(self, seen: int) -> int:
-        """The next step's past mask width: every token seen, or a streaming model's S + W slots at most."""
-        return seen if self._streaming_slots is None else min(seen, self._streaming_slots)

@@ -1,0 +1,106 @@
+"""The plugin graph, made ready for TensorRT's ONNX parser (``build --target tensorrt``).
+
+It runs after the plugin lowering, on the graph the torch backend runs, and changes only
+what TensorRT needs on each ``planforge`` node:
+
+- ``aot=1`` on the ops whose TensorRT plugin has an AOT implementation, which makes TensorRT
+  embed their kernels rather than call back into Python;
+- every omitted optional input (no rotary tables, no q bias) becomes a one-element
+  placeholder with ``has_<input>=0``: TensorRT hands a plugin every input it declares.
+
+The result still runs on the torch backend (``PluginOp.run`` reads the flags), which is how the
+preparation is checked without TensorRT: the same logits as the graph it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx_ir as ir
+
+from planforge.errors import LoweringError
+from planforge.graph_passes.base import GraphPass, PassContext
+from planforge.manifest import Manifest
+from planforge.plugins import DOMAIN
+from planforge.plugins.registry import AOT_ATTRIBUTE, plugin_op, presence_attribute
+
+TARGET = "tensorrt"
+# The plugins' Triton kernels take float16 and bfloat16 (float32 runs only the torch references).
+DTYPES = ("fp16", "bf16")
+
+
+class PrepareTensorRTPass(GraphPass):
+    name = "prepare_tensorrt"
+    expected = True
+
+    def __init__(self):
+        super().__init__()
+        self._placeholders: dict[ir.DataType, ir.Value] = {}
+        self._root: Optional[ir.Graph] = None
+        self.aot_nodes = 0
+
+    @classmethod
+    def from_options(cls, options, context: PassContext) -> Optional["PrepareTensorRTPass"]:
+        if options.target != TARGET:
+            return None
+        dtype = context.manifest.dtype
+        if dtype not in DTYPES:
+            raise LoweringError(f"--target tensorrt needs a float16 or bfloat16 model (this one is {dtype}): the "
+                                "plugins' kernels take those. Export it with `planforge export MODEL -o OUT --dtype "
+                                "bf16` (or fp16), then build that.")
+        return cls()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self._root = model.graph
+        return super().call(model)
+
+    def settings(self) -> dict:
+        return {"aot_nodes": self.aot_nodes, "python_nodes": self.matches - self.aot_nodes}
+
+    def rewrite_graph(self, graph: ir.Graph) -> int:
+        count = 0
+        for node in graph:
+            if node.domain != DOMAIN:
+                continue
+            schema = plugin_op(node.op_type).schema
+            if schema.tensorrt_aot:
+                node.attributes[AOT_ATTRIBUTE] = ir.AttrInt64(AOT_ATTRIBUTE, 1)
+                self.aot_nodes += 1
+            if len(node.inputs) < len(schema.inputs):
+                node.resize_inputs(len(schema.inputs))
+            for i, spec in enumerate(schema.inputs):
+                if not spec.optional:
+                    continue
+                present = node.inputs[i] is not None
+                node.attributes[presence_attribute(spec.name)] = ir.AttrInt64(presence_attribute(spec.name),
+                                                                              int(present))
+                if not present:
+                    node.replace_input_with(i, self._placeholder(_placeholder_dtype(node, schema, spec)))
+            count += 1
+        return count
+
+    def record(self, manifest: Manifest) -> None:
+        super().record(manifest)
+        manifest.target = TARGET
+
+    def _placeholder(self, dtype: ir.DataType) -> ir.Value:
+        """One one-element initializer per dtype on the main graph (subgraphs read it from outer scope)."""
+        if dtype not in self._placeholders:
+            name = f"/planforge/tensorrt/placeholder_{dtype.name.lower()}"
+            array = np.zeros(1, dtype=dtype.numpy())
+            value = ir.Value(name=name, shape=ir.Shape([1]), type=ir.TensorType(dtype),
+                             const_value=ir.Tensor(array, dtype=dtype, name=name))
+            self._root.register_initializer(value)
+            self._placeholders[dtype] = value
+        return self._placeholders[dtype]
+
+
+def _placeholder_dtype(node: ir.Node, schema, spec) -> ir.DataType:
+    """The omitted input's dtype: its one fixed dtype, else that of a present input of the same dtype set."""
+    if len(spec.dtypes) == 1:
+        return {"float32": ir.DataType.FLOAT, "int32": ir.DataType.INT32}[spec.dtypes[0]]
+    for other, value in zip(schema.inputs, node.inputs):
+        if value is not None and other.dtypes == spec.dtypes and value.dtype is not None:
+            return value.dtype
+    raise LoweringError(f"{node.name}: cannot tell the dtype of its omitted input {spec.name}")
