@@ -297,3 +297,80 @@ def test_aot_entry_kernels_compute_the_reference_with_the_plugins_scalars():
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "AOT entries match the references" in result.stdout
+
+
+# ---- on a GPU: the PTX payloads launched the way TensorRT launches them -------------------------------
+
+def _driver_launch(ptx: str, name: str, launch, args: list) -> None:
+    """cuModuleLoadData + cuLaunchKernel through libcuda: grid, block and shared memory from the plugin's launch
+    parameters, and exactly ``args`` (the inputs, the extra scalars, the outputs), as a TensorRT AOT plugin runs."""
+    import ctypes
+
+    cuda = ctypes.CDLL("libcuda.so.1")
+    module, function = ctypes.c_void_p(), ctypes.c_void_p()
+    assert cuda.cuModuleLoadData(ctypes.byref(module), ctypes.c_char_p(ptx.encode() + b"\0")) == 0
+    assert cuda.cuModuleGetFunction(ctypes.byref(function), module, name.encode()) == 0
+    values = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int32(a) for a in args]
+    params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+    stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+    status = cuda.cuLaunchKernel(function, launch.grid_x, launch.grid_y, launch.grid_z, launch.block_x, 1, 1,
+                                 launch.shared_mem, stream, params, None)
+    assert status == 0, f"cuLaunchKernel returned {status}"
+    torch.cuda.synchronize()
+    cuda.cuModuleUnload(module)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rolling,rotary", [(0, True), (1, False)])
+def test_kv_cache_update_payload_runs_as_tensorrt_launches_it(trt_api, rolling, rotary):
+    trt, _, registry, _, _ = trt_api
+    from planforge.plugins.kv_cache_update import reference
+
+    g = torch.Generator().manual_seed(rolling)
+    B, H, C, D, S, sinks = 2, 8, 256, 128, 300 if rolling else 100, 4
+    caches = [torch.randn(B, H, C, D, generator=g).bfloat16().cuda() for _ in range(2)]
+    new = [torch.randn(B, H, S, D, generator=g).bfloat16().cuda() for _ in range(2)]
+    positions = torch.tensor([0, 17], dtype=torch.int32).cuda()
+    table = [torch.randn(B, S, D // 2, generator=g).cuda() for _ in range(2)] if rotary else [torch.zeros(1).cuda()] * 2
+    want = [c.clone() for c in caches]
+    reference.kv_cache_update(*want, *new, positions, *(table if rotary else (None, None)), bool(rolling), sinks)
+    descs = [tensorrt_double.TensorDesc(t.shape, trt.bfloat16) for t in caches + new] + [
+        tensorrt_double.TensorDesc(positions.shape, trt.int32)] + [
+        tensorrt_double.TensorDesc(t.shape, trt.float32) for t in table]
+    name, ptx, _, launch, extras = _aot(registry, "planforge::KVCacheUpdate", descs, {
+        "rolling": rolling, "sinks": sinks, "has_cos": int(rotary), "has_sin": int(rotary)}, 1)
+    _driver_launch(ptx, name, launch, [*caches, *new, positions, *table, *extras, *caches])
+    for got, expected in zip(caches, want):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tactic,M", [(1, 1), (1, 16), (2, 200), (3, 600)])
+def test_quik_payloads_run_as_tensorrt_launches_them(trt_api, tactic, M):
+    trt, _, registry, _, _ = trt_api
+    from planforge.plugins.w4a4_gemm import reference
+
+    g = torch.Generator().manual_seed(M)
+    K, N, KO, bits = 4096, 1024, 128, 4
+    x = torch.randn(M, K, generator=g).half().cuda()
+    perm = torch.randperm(K, generator=g).to(torch.int32).cuda()
+    w = reference.quantize_weights(torch.randn(N, K, generator=g).cuda(), perm, KO, bits)
+    name, ptx, _, launch, extras = _aot(registry, "planforge::QuikQuantize", [
+        tensorrt_double.TensorDesc(x.shape, trt.float16), tensorrt_double.TensorDesc(perm.shape, trt.int32)],
+        {"n_outliers": KO, "bits": bits}, None)
+    kqb = (K - KO) * bits // 8
+    quantized = [torch.empty(M, kqb, dtype=torch.int8, device="cuda"), torch.empty(M, device="cuda"),
+                 torch.empty(M, device="cuda"), torch.empty(M, KO, dtype=torch.float16, device="cuda")]
+    _driver_launch(ptx, name, launch, [x, perm, *extras, *quantized])
+    for got, expected in zip(quantized, reference.quantize_activations(x, perm, KO, bits)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)  # bit-exact
+
+    inputs = [*quantized, w.packed, w.scale, w.wsum, w.outliers.half()]
+    name, ptx, _, launch, extras = _aot(registry, "planforge::QuikMatMul", [
+        tensorrt_double.TensorDesc(t.shape, {torch.int8: trt.int8, torch.float32: trt.float32,
+                                            torch.float16: trt.float16}[t.dtype]) for t in inputs], {"bits": bits},
+        tactic)
+    y = torch.full((M, N), float("nan"), dtype=torch.float16, device="cuda")
+    _driver_launch(ptx, name, launch, [*inputs, *extras, y])
+    want = reference.quik_matmul(*inputs, bits, torch.float32)
+    torch.testing.assert_close(y.float(), want, rtol=2 * 2.0**-11, atol=1e-3 * want.abs().max().item())
