@@ -340,8 +340,9 @@ def test_kv_cache_update_payload_runs_as_tensorrt_launches_it(trt_api, rolling, 
     name, ptx, _, launch, extras = _aot(registry, "planforge::KVCacheUpdate", descs, {
         "rolling": rolling, "sinks": sinks, "has_cos": int(rotary), "has_sin": int(rotary)}, 1)
     _driver_launch(ptx, name, launch, [*caches, *new, positions, *table, *extras, *caches])
-    for got, expected in zip(caches, want):
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(caches[1], want[1], rtol=0, atol=0)  # V is a pure copy: bit-exact
+    tol = dict(atol=1e-2, rtol=8e-3) if rotary else dict(atol=0, rtol=0)  # K rotary: <= 1 bf16 ulp (fma), as the
+    torch.testing.assert_close(caches[0].float(), want[0].float(), **tol)  # Python launch (test_kv_cache_update)
 
 
 @pytest.mark.gpu
