@@ -17,6 +17,7 @@ from planforge.runtime.sampling import Sampler, SamplingConfig
 
 SOURCE = Path(__file__).resolve().parents[2] / "runtime" / "cpp"
 PF_OK, PF_MANIFEST_ERROR, PF_INVALID_CONFIG = 0, 1, 2
+PF_ENGINE_ERROR, PF_ENGINE_MISMATCH, PF_BACKEND_UNAVAILABLE = 5, 6, 10
 
 
 def _missing() -> str:
@@ -54,6 +55,8 @@ def lib(build):
     c.pf_manifest_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
     c.pf_manifest_dims.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(ctypes.c_int)] * 3
     c.pf_manifest_free.argtypes = [ctypes.c_void_p]
+    c.pf_runtime_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+    c.pf_plugin_op_version.argtypes = [ctypes.c_char_p]
     return c
 
 
@@ -110,3 +113,56 @@ def test_the_c_api_reports_errors_as_codes_and_one_line(lib, tmp_path):
     (tmp_path / "planforge.json").write_text("{broken")
     assert lib.pf_manifest_load(str(tmp_path).encode(), ctypes.byref(handle)) == PF_MANIFEST_ERROR
     assert "is not a JSON object" in lib.pf_last_error().decode()
+
+
+def test_the_c_runtime_knows_planforges_plugin_op_versions(lib):
+    from planforge.plugins.registry import plugin_ops
+
+    ops = plugin_ops()
+    assert lib.pf_plugin_op_count() == len(ops)
+    for key, op in ops.items():
+        assert lib.pf_plugin_op_version(key.encode()) == op.schema.version, key
+
+
+@pytest.fixture(scope="module")
+def engine_dirs(tiny_model, tmp_path_factory):
+    """Engine directories as build --target tensorrt writes them (the manifest from Python's own code), with a
+    stand-in engine file: one with the real plugin forms (attention is a Python plugin), one all-AOT."""
+    from planforge.graph_passes.api import OptimizeOptions, optimize
+    from planforge.manifest import Manifest
+    from planforge.plugins.registry import plugin_op
+    from planforge.runtime.tensorrt_engine import ENGINE_FILE, EngineSettings, engine_section, profiles
+
+    root = tmp_path_factory.mktemp("engines")
+    optimize(tiny_model("llama", "bf16")[1], root / "prepared", OptimizeOptions(target="tensorrt"))
+    dirs = {}
+    for kind in ("real", "all_aot"):
+        shutil.copytree(root / "prepared", root / kind)
+        manifest = Manifest.load(root / kind)
+        forms = {key: "aot" if kind == "all_aot" else plugin_op(key.split("::")[1]).tensorrt_form
+                 for key in manifest.plugin_ops}
+        manifest.tensorrt = engine_section("10.13.0.35", (9, 0), forms, manifest,
+                                           profiles(manifest, EngineSettings()), "8.7")
+        manifest.save(root / kind)
+        (root / kind / ENGINE_FILE).write_bytes(b"serialized engine")
+        dirs[kind] = root / kind
+    dirs["portable"] = tiny_model("llama", "bf16")[1]
+    return dirs
+
+
+@pytest.mark.parametrize("kind,status,message", [
+    ("portable", PF_ENGINE_ERROR, "not a TensorRT engine directory"),
+    ("real", PF_ENGINE_MISMATCH, "uses Python plugins (planforge::FusedAttentionDecode v2, "
+                                 "planforge::FusedAttentionPrefill v2)"),
+    ("all_aot", PF_BACKEND_UNAVAILABLE, "built without TensorRT"),
+])
+def test_the_c_runtime_checks_an_engine_directory_before_tensorrt(lib, engine_dirs, kind, status, message):
+    handle = ctypes.c_void_p()
+    assert lib.pf_runtime_open(str(engine_dirs[kind]).encode(), ctypes.byref(handle)) == status
+    assert message in lib.pf_last_error().decode()
+
+
+def test_the_sample_service_says_why_it_cannot_serve(build, engine_dirs):
+    done = subprocess.run([str(build / "planforge_generate_service"), str(engine_dirs["all_aot"])],
+                          input="", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "built without TensorRT" in done.stderr

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "planforge/manifest.hpp"
+#include "planforge/runtime.hpp"
 #include "planforge/sampling.hpp"
 
 struct pf_manifest {
@@ -10,6 +11,9 @@ struct pf_manifest {
 };
 struct pf_sampler {
   planforge::Sampler value;
+};
+struct pf_runtime {
+  planforge::Runtime value;
 };
 
 namespace {
@@ -28,6 +32,24 @@ int guarded(Fn fn) {
   } catch (const planforge::InvalidGenerationConfigError& e) {
     last_error = e.what();
     return PF_INVALID_CONFIG;
+  } catch (const planforge::EngineDirError& e) {
+    last_error = e.what();
+    return PF_ENGINE_ERROR;
+  } catch (const planforge::EngineMismatchError& e) {
+    last_error = e.what();
+    return PF_ENGINE_MISMATCH;
+  } catch (const planforge::PluginVersionError& e) {
+    last_error = e.what();
+    return PF_PLUGIN_MISMATCH;
+  } catch (const planforge::PromptTooLongError& e) {
+    last_error = e.what();
+    return PF_PROMPT_TOO_LONG;
+  } catch (const planforge::InvalidPromptError& e) {
+    last_error = e.what();
+    return PF_INVALID_PROMPT;
+  } catch (const planforge::BackendUnavailableError& e) {
+    last_error = e.what();
+    return PF_BACKEND_UNAVAILABLE;
   } catch (const std::invalid_argument& e) {
     last_error = e.what();
     return PF_INVALID_ARGUMENT;
@@ -88,5 +110,57 @@ int pf_sampler_sample(pf_sampler* s, const float* logits, int batch, int vocab, 
 }
 
 void pf_sampler_free(pf_sampler* s) { delete s; }
+
+int pf_runtime_open(const char* engine_dir, pf_runtime** out) {
+  return guarded([&] {
+    require(engine_dir != nullptr && out != nullptr, "pf_runtime_open: engine_dir and out must not be null");
+    *out = new pf_runtime{planforge::Runtime(engine_dir)};
+  });
+}
+
+int pf_runtime_generate(pf_runtime* rt, const int64_t* prompt_ids, const int* lengths, int n_prompts,
+                        int max_new_tokens, int do_sample, double temperature, int top_k, double top_p, int has_seed,
+                        uint64_t seed, const int64_t* stop_ids, int n_stop, pf_token_callback on_token,
+                        void* user_data, int64_t* tokens_out, int* counts_out) {
+  return guarded([&] {
+    require(rt && prompt_ids && lengths && tokens_out && counts_out && n_prompts > 0 && max_new_tokens > 0 &&
+                (n_stop == 0 || stop_ids),
+            "pf_runtime_generate: null argument, no prompts, or max_new_tokens < 1");
+    std::vector<std::vector<int64_t>> prompts;
+    for (int i = 0, at = 0; i < n_prompts; at += lengths[i], ++i) {
+      require(lengths[i] >= 0, "pf_runtime_generate: a negative prompt length");
+      prompts.emplace_back(prompt_ids + at, prompt_ids + at + lengths[i]);
+    }
+    planforge::GenerationConfig config;
+    config.max_new_tokens = max_new_tokens;
+    config.sampling.do_sample = do_sample != 0;
+    config.sampling.temperature = temperature;
+    config.sampling.top_k = top_k;
+    config.sampling.top_p = top_p;
+    if (has_seed) config.sampling.seed = seed;
+    config.stop_token_ids.assign(stop_ids, stop_ids + n_stop);
+    auto callback = [&](int row, int64_t token) {
+      if (on_token) on_token(row, token, user_data);
+    };
+    const auto result = rt->value.generate(prompts, config, callback);
+    for (int i = 0; i < n_prompts; ++i) {
+      counts_out[i] = static_cast<int>(result.tokens[i].size());
+      for (int t = 0; t < counts_out[i]; ++t) tokens_out[i * max_new_tokens + t] = result.tokens[i][t];
+    }
+  });
+}
+
+void pf_runtime_free(pf_runtime* rt) { delete rt; }
+
+int pf_plugin_op_version(const char* name) {
+  if (name == nullptr) return 0;
+  const auto& ops = planforge::known_plugin_ops();
+  const auto it = ops.find(name);
+  return it == ops.end() ? 0 : it->second;
+}
+
+int pf_plugin_op_count(void) { return static_cast<int>(planforge::known_plugin_ops().size()); }
+
+int pf_tensorrt_compiled_in(void) { return planforge::tensorrt_compiled_in() ? 1 : 0; }
 
 }  // extern "C"

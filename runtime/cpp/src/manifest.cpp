@@ -67,6 +67,25 @@ Manifest Manifest::parse_checked(const std::string& json_text, const std::string
   if (auto ops = data.find("plugin_ops"); ops != data.end() && ops->is_object()) {
     for (const auto& [name, version] : ops->items()) m.plugin_ops[name] = version.get<int>();
   }
+  if (auto trt = data.find("tensorrt"); trt != data.end() && trt->is_object()) {
+    EngineInfo e;
+    e.engine_file = trt->value("engine", std::string("engine.plan"));
+    e.tensorrt_version = trt->at("tensorrt_version").get<std::string>();
+    e.compute_capability = trt->at("compute_capability").get<std::string>();
+    e.ptx_isa = trt->value("ptx_isa", std::string());
+    for (const auto& [name, entry] : trt->at("plugins").items()) {
+      e.plugins[name] = {entry.at("version").get<int>(), entry.at("form").get<std::string>()};
+    }
+    for (const auto& profile : trt->at("profiles")) {
+      const auto& high = profile.at("shapes").at("input_ids").at(2);  // (min, opt, max) of [batch, tokens]
+      e.profiles.push_back({profile.at("name").get<std::string>(), high.at(0).get<int>(), high.at(1).get<int>()});
+    }
+    if (e.profiles.size() != 2) {
+      throw ManifestError(where + ": tensorrt.profiles must hold the prefill and the decode profile. Rebuild the "
+                          "engine with `planforge build --target tensorrt`.");
+    }
+    m.tensorrt = e;
+  }
   return m;
 }
 

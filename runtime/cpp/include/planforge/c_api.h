@@ -15,10 +15,18 @@ enum pf_status {
   PF_INVALID_CONFIG = 2,        /* a sampling or generation setting out of range */
   PF_INVALID_ARGUMENT = 3,      /* a null pointer or a size that does not fit */
   PF_INTERNAL_ERROR = 4,
+  PF_ENGINE_ERROR = 5,          /* an engine directory that is missing its engine, or holds none */
+  PF_ENGINE_MISMATCH = 6,       /* built with another TensorRT or for another GPU, needs Python plugins, or corrupt */
+  PF_PLUGIN_MISMATCH = 7,       /* a plugin op or op version this runtime does not have */
+  PF_PROMPT_TOO_LONG = 8,       /* beyond the cache or the engine's profile */
+  PF_INVALID_PROMPT = 9,        /* empty, or token ids outside the vocabulary */
+  PF_BACKEND_UNAVAILABLE = 10,  /* this build has no TensorRT, or the machine lacks it */
 };
 
 typedef struct pf_manifest pf_manifest;
 typedef struct pf_sampler pf_sampler;
+typedef struct pf_runtime pf_runtime;
+typedef void (*pf_token_callback)(int row, int64_t token, void* user_data);
 
 const char* pf_last_error(void);
 
@@ -32,6 +40,23 @@ int pf_sampler_new(int do_sample, double temperature, int top_k, double top_p, i
 /* logits: batch x vocab float32, row-major; tokens: batch int64. */
 int pf_sampler_sample(pf_sampler* s, const float* logits, int batch, int vocab, int64_t* tokens);
 void pf_sampler_free(pf_sampler* s);
+
+/* A TensorRT engine directory (planforge build --target tensorrt), checked before TensorRT reads it. */
+int pf_runtime_open(const char* engine_dir, pf_runtime** out);
+/* n_prompts prompts, concatenated in prompt_ids, lengths[i] tokens each; sampling as pf_sampler_new; stop_ids
+ * (n_stop of them) end a row besides the model's EOS. tokens_out: n_prompts x max_new_tokens, counts_out[i] of
+ * row i filled. on_token (may be null) sees every token as it is picked. */
+int pf_runtime_generate(pf_runtime* rt, const int64_t* prompt_ids, const int* lengths, int n_prompts,
+                        int max_new_tokens, int do_sample, double temperature, int top_k, double top_p, int has_seed,
+                        uint64_t seed, const int64_t* stop_ids, int n_stop, pf_token_callback on_token,
+                        void* user_data, int64_t* tokens_out, int* counts_out);
+void pf_runtime_free(pf_runtime* rt);
+
+/* The plugin op versions this runtime accepts in an engine: the version of op "planforge::Name", 0 if none. */
+int pf_plugin_op_version(const char* name);
+int pf_plugin_op_count(void);
+/* 1 if this library was built with the TensorRT backend (-DPLANFORGE_TENSORRT=ON). */
+int pf_tensorrt_compiled_in(void);
 
 #ifdef __cplusplus
 }

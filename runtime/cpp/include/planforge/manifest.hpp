@@ -27,6 +27,25 @@ struct CacheLayout {
   int sinks = 0;
 };
 
+// One optimization profile of a TensorRT engine: the most sequences and tokens per sequence of a step.
+struct EngineProfile {
+  std::string name;  // "prefill" or "decode"
+  int max_batch = 0;
+  int max_tokens = 0;
+};
+
+struct PluginEntry {
+  int version = 0;
+  std::string form;  // "aot": its kernel is in the engine; "python": TensorRT calls back into Python
+};
+
+// The manifest's "tensorrt" section (build --target tensorrt): what the engine is bound to.
+struct EngineInfo {
+  std::string engine_file, tensorrt_version, compute_capability, ptx_isa;
+  std::map<std::string, PluginEntry> plugins;
+  std::vector<EngineProfile> profiles;  // prefill, decode
+};
+
 struct Manifest {
   std::string target;  // "onnxruntime", "torch", "portable", ...
   std::string dtype;
@@ -37,6 +56,7 @@ struct Manifest {
   int io_version = 0;                  // the lowered I/O contract's version; 0 for the portable contract
   std::vector<CacheLayout> kv_cache;   // per layer, lowered contract only
   std::map<std::string, int> plugin_ops;
+  std::optional<EngineInfo> tensorrt;  // an engine directory only
 
   // Reads ``directory``/planforge.json.
   static Manifest load(const std::string& directory);
