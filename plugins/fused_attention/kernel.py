@@ -107,6 +107,79 @@ def prefill_kernel(q_desc, k_desc, v_desc, O, qk_scale, Sq, Skv, Hq, G, window, 
     o_ptrs = O + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < Sq)
 
+@triton.jit
+def _attn_loop_pointers(acc, l_i, m_i, q, k_rows, v_rows, sks, svs, Skv, qpos, qk_scale, lo, hi, key_end, window,
+                        sinks, HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                        WINDOWED: tl.constexpr):
+    """_attn_loop reading K and V through pointers (k_rows, v_rows: the (b, hkv) head's row 0) instead of TMA
+    descriptors, keys past Skv read as zeros as TMA returns them: for the AOT entry, which gets no host-made
+    descriptors."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    for start_n in range(lo, hi, BLOCK_N):
+        kpos = start_n + offs_n  # (BN,)
+        inside = kpos < Skv
+        k = tl.load(k_rows + kpos[:, None].to(tl.int64) * sks + offs_d[None, :], mask=inside[:, None], other=0.0)
+        qk = tl.dot(q, k.T)  # (BM, BN)
+        if MASKED:
+            vis = (kpos[None, :] <= qpos[:, None]) & (kpos < key_end)[None, :]
+            if WINDOWED:
+                vis &= ((qpos[:, None] - kpos[None, :]) < window) | (kpos[None, :] < sinks)
+            qk = tl.where(vis, qk, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_rows + kpos[:, None].to(tl.int64) * svs + offs_d[None, :], mask=inside[:, None], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_ij
+    return acc, l_i, m_i
+
+
+@triton.jit
+def prefill_entry(Q, K, V, Sq, Skv, Hq, G, window, sinks, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
+                  sob, soh, sos, O, QK_SCALE: tl.constexpr, HEAD_D: tl.constexpr, WINDOWED: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """FusedAttentionPrefill's TensorRT AOT entry point (plugins/aot.py): inputs, scalars, output. prefill_kernel's
+    blocks and loops (grid (cdiv(Sq, BLOCK_M), B * Hq), longest rows first), with Q, K, V read through pointers."""
+    num_m = tl.cdiv(Sq, BLOCK_M)
+    start_m = num_m - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    hkv = h // G
+    offset = Skv - Sq
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_D)
+    b64 = b.to(tl.int64)
+    q = tl.load(Q + b64 * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :],
+                mask=(offs_m < Sq)[:, None], other=0.0)  # (BM, D)
+    k_rows = K + b64 * skb + hkv * skh
+    v_rows = V + b64 * svb + hkv * svh
+    qpos = offset + offs_m
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
+    first_q = offset + start_m * BLOCK_M
+    hi = tl.minimum(first_q + BLOCK_M, Skv)
+    if WINDOWED:
+        lo = tl.maximum(first_q - window + 1, 0) // BLOCK_N * BLOCK_N
+        sink_hi = tl.minimum(sinks, lo)
+        acc, l_i, m_i = _attn_loop_pointers(acc, l_i, m_i, q, k_rows, v_rows, sks, svs, Skv, qpos, QK_SCALE,
+                                            0, sink_hi, sink_hi, window, sinks, HEAD_D, BLOCK_N, True, False)
+        acc, l_i, m_i = _attn_loop_pointers(acc, l_i, m_i, q, k_rows, v_rows, sks, svs, Skv, qpos, QK_SCALE,
+                                            lo, hi, Skv, window, sinks, HEAD_D, BLOCK_N, True, True)
+    else:
+        diag = first_q // BLOCK_N * BLOCK_N
+        acc, l_i, m_i = _attn_loop_pointers(acc, l_i, m_i, q, k_rows, v_rows, sks, svs, Skv, qpos, QK_SCALE,
+                                            0, diag, Skv, window, sinks, HEAD_D, BLOCK_N, False, False)
+        acc, l_i, m_i = _attn_loop_pointers(acc, l_i, m_i, q, k_rows, v_rows, sks, svs, Skv, qpos, QK_SCALE,
+                                            diag, hi, Skv, window, sinks, HEAD_D, BLOCK_N, True, False)
+    out = acc / l_i[:, None]
+    o_ptrs = O + b64 * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < Sq)
+
+
 def _decode_configs():
     if interpreting():
         return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
@@ -123,7 +196,7 @@ def decode_split_kernel(Q, K, V, L, Opart, LSEpart, GROUPS, qk_scale, Hq, NG,
                         sqb, sqh, skb, skh, sks, svb, svh, svs,
                         NUM_SPLITS: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
                         HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GROUPS: tl.constexpr,
-                        TMA: tl.constexpr = False):
+                        TMA: tl.constexpr = False, STORE_LSE: tl.constexpr = True):
     # NG KV groups per sequence: all Hkv heads, or the selected ones listed in GROUPS (B, NG).
     # TMA: K and V are 4-D descriptors over the caches (B, Hkv, Smax, D) instead of pointers.
     split = tl.program_id(0)
@@ -174,7 +247,23 @@ def decode_split_kernel(Q, K, V, L, Opart, LSEpart, GROUPS, qk_scale, Hq, NG,
     row = (b * Hq + heads) * NUM_SPLITS + split  # (G_PAD,)
     gm = offs_g < G
     tl.store(Opart + row[:, None].to(tl.int64) * HEAD_D + offs_d[None, :], out, mask=gm[:, None])
-    tl.store(LSEpart + row, lse, mask=gm)
+    if STORE_LSE:
+        tl.store(LSEpart + row, lse, mask=gm)
+
+
+_decode_split_body = decode_split_kernel.fn  # the JIT function under the autotuner
+
+
+@triton.jit
+def decode_entry(Q, K, V, L, Hq, NG, sqb, sqh, skb, skh, sks, svb, svh, svs, O,
+                 QK_SCALE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, HEAD_D: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """FusedAttentionDecode's TensorRT AOT entry point (plugins/aot.py): inputs, scalars, output, one launch.
+    It is the split kernel with one split: its float32 partial rows, (b * Hq + head) * 1 + 0, are O's own
+    contiguous [B, Hq, D] rows, so the normalized output is cast and stored straight into O (the combine of
+    one split is the identity), and no log-sum-exp is kept. Grid (1, B * Hkv)."""
+    _decode_split_body(Q, K, V, L, O, O, L, QK_SCALE, Hq, NG, sqb, sqh, skb, skh, sks, svb, svh, svs,
+                       1, G, G_PAD, HEAD_D, BLOCK_N, False, False, False)
 
 @triton.jit
 def decode_combine_kernel(Opart, LSEpart, O, Hq, sob, soh,

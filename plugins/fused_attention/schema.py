@@ -8,6 +8,7 @@ PREFILL = OpSchema(
     name="FusedAttentionPrefill",
     version=2,
     torch_op="fused_attention_prefill",
+    tensorrt_aot=True,
     inputs=(
         TensorSpec("q", FLOAT, "[B, Hq, Sq, D]"),
         TensorSpec("k", FLOAT, "[B, Hkv, Skv, D]", doc="Skv >= Sq; the queries are the last Sq positions"),
@@ -26,6 +27,7 @@ DECODE = OpSchema(
     name="FusedAttentionDecode",
     version=2,
     torch_op="fused_attention_decode",
+    tensorrt_aot=True,
     inputs=(
         TensorSpec("q", FLOAT, "[B, Hq, D]", doc="one new query token per sequence"),
         TensorSpec("k_cache", FLOAT, "[B, Hkv, Smax, D]"),

@@ -13,6 +13,8 @@ import tensorrt_double
 
 tensorrt_double.install()
 
+from planforge.plugins.fused_attention import kernel as attn_kernel, reference as attn_ref  # noqa: E402
+from planforge.plugins.fused_attention import tensorrt as attn_plugin  # noqa: E402
 from planforge.plugins.kv_cache_update import kernel as kv_kernel, reference as kv_ref  # noqa: E402
 from planforge.plugins.kv_cache_update import tensorrt as kv_plugin  # noqa: E402
 from planforge.plugins.w4a4_gemm import kernel as quik_kernel, reference as quik_ref  # noqa: E402
@@ -62,7 +64,34 @@ def quik(bits: int, n_outliers: int) -> None:
                                    msg=lambda m: f"QuikMatMul tactic {tactic}: {m}")
 
 
+def attention(window: int, sinks: int) -> None:
+    g = torch.Generator().manual_seed(window)
+    B, Hq, Hkv, D, Sq, Skv, C = 2, 4, 2, 16, 37, 45, 50
+    q = torch.randn(B, Hq, Sq, D, generator=g).half()
+    k, v = (torch.randn(B, Hkv, Skv, D, generator=g).half() for _ in range(2))
+    want = attn_ref.attention_prefill(q, k, v, 0.0, window, sinks).float()
+    for tactic, (bm, bn, _, _) in attn_plugin.PREFILL_TACTICS.items():
+        out = torch.full_like(q, float("nan"))
+        bm, bn = min(bm, 16), min(bn, 16)  # the interpreter's tile (the kernel's CPU limit), same loops
+        attn_kernel.prefill_entry[attn_plugin.prefill_grid(B, Hq, Sq, bm)](
+            q, k, v, *attn_plugin.prefill_scalar_values(q.shape, k.shape, window, sinks), out,
+            QK_SCALE=attn_kernel._qk_scale(0.0, D), HEAD_D=D, WINDOWED=window > 0, BLOCK_M=bm, BLOCK_N=bn)
+        torch.testing.assert_close(out.float(), want, rtol=0, atol=2e-3, msg=lambda m: f"prefill {tactic}: {m}")
+
+    qd = torch.randn(B, Hq, D, generator=g).half()
+    kc, vc = (torch.randn(B, Hkv, C, D, generator=g).half() for _ in range(2))
+    lengths = torch.tensor([7, 50], dtype=torch.int32)
+    want = attn_ref.attention_decode(qd, kc, vc, lengths, 0.3).float()
+    out = torch.full_like(qd, float("nan"))
+    attn_kernel.decode_entry[attn_plugin.decode_grid(B, Hkv)](
+        qd, kc, vc, lengths, *attn_plugin.decode_scalar_values(qd.shape, kc.shape), out,
+        QK_SCALE=attn_kernel._qk_scale(0.3, D), G=Hq // Hkv, G_PAD=16, HEAD_D=D, BLOCK_N=16)
+    torch.testing.assert_close(out.float(), want, rtol=0, atol=2e-3)
+
+
 if __name__ == "__main__":
+    for window, sinks in ((0, 0), (9, 3)):
+        attention(window, sinks)
     for rolling, rotary in ((0, True), (1, False), (1, True)):
         kv_cache_update(rolling, rotary)
     for bits, n_outliers in ((4, 8), (8, 16)):

@@ -282,6 +282,61 @@ def test_quik_matmul_aot_payload_matches_its_launcher(trt_api, monkeypatch, tact
     assert extras == [args[n] for n in plugin.MATMUL_SCALARS]
 
 
+@pytest.mark.parametrize("tactic,D,window,sinks", [(1, 128, 0, 0), (2, 64, 100, 4), (3, 128, 0, 0)])
+def test_fused_attention_prefill_aot_payload_matches_its_launcher(trt_api, monkeypatch, tactic, D, window, sinks):
+    pytest.importorskip("triton")
+    trt, _, registry, _, _ = trt_api
+    from planforge.plugins import aot
+    from planforge.plugins.fused_attention import kernel, tensorrt as plugin
+
+    B, Hq, Hkv, Sq, Skv = 2, 32, 8, 300, 310
+    q = torch.zeros(B, Hq, Sq, D, dtype=torch.bfloat16)
+    k = v = torch.zeros(B, Hkv, Skv, D, dtype=torch.bfloat16)
+    descs = [tensorrt_double.TensorDesc(t.shape, trt.bfloat16) for t in (q, k, v)]
+    name, ptx, grid, launch, extras = _aot(registry, "planforge::FusedAttentionPrefill", descs,
+                                           {"scale": 0.0, "window": window, "sinks": sinks}, tactic)
+    _check_payload(aot, name, ptx, n_tensors=3 + 1, n_scalars=len(plugin.PREFILL_SCALARS))
+    values = dict(zip(plugin.PREFILL_SCALARS, extras))
+    assert [values[n] for n in ("sqb", "sqh", "sqs", "skb", "skh", "sks")] == [*q.stride()[:3], *k.stride()[:3]]
+
+    recorder = LaunchRecorder(kernel.prefill_kernel.fn)
+    monkeypatch.setattr(kernel, "prefill_kernel", recorder)
+    bm, bn, warps, stages = plugin.PREFILL_TACTICS[tactic]
+    kernel.prefill(q, k, v, 0.0, window, sinks, config=(bm, bn, warps, stages))
+    (py_grid, args, constexprs), = recorder.calls
+    assert grid == _grid3(py_grid) and launch.block_x == warps * 32
+    assert [values[n] for n in ("Sq", "Skv", "Hq", "G", "window", "sinks", "sob", "soh", "sos")] == \
+        [args[n] for n in ("Sq", "Skv", "Hq", "G", "window", "sinks", "sob", "soh", "sos")]
+    assert constexprs["WINDOWED"] == (window > 0) and constexprs["BLOCK_M"] == bm
+
+
+@pytest.mark.parametrize("tactic,B,Hq,Hkv,D", [(1, 3, 32, 8, 128), (2, 16, 14, 2, 64)])
+def test_fused_attention_decode_aot_payload_matches_its_launcher(trt_api, monkeypatch, tactic, B, Hq, Hkv, D):
+    pytest.importorskip("triton")
+    trt, _, registry, _, _ = trt_api
+    from planforge.plugins import aot
+    from planforge.plugins.fused_attention import kernel, tensorrt as plugin
+
+    C = 1024
+    q = torch.zeros(B, Hq, D, dtype=torch.bfloat16)
+    cache = torch.zeros(B, Hkv, C, D, dtype=torch.bfloat16)
+    lengths = torch.ones(B, dtype=torch.int32)
+    descs = [tensorrt_double.TensorDesc(q.shape, trt.bfloat16), tensorrt_double.TensorDesc(cache.shape, trt.bfloat16),
+             tensorrt_double.TensorDesc(cache.shape, trt.bfloat16), tensorrt_double.TensorDesc((B,), trt.int32)]
+    name, ptx, grid, launch, extras = _aot(registry, "planforge::FusedAttentionDecode", descs, {"scale": 0.0}, tactic)
+    _check_payload(aot, name, ptx, n_tensors=4 + 1, n_scalars=len(plugin.DECODE_SCALARS))
+
+    recorder = LaunchRecorder(kernel.decode_split_kernel.fn)
+    monkeypatch.setattr(kernel, "decode_split_kernel", recorder)
+    monkeypatch.setattr(kernel, "decode_combine_kernel", LaunchRecorder(kernel.decode_combine_kernel))
+    block_n, warps, stages = plugin.DECODE_TACTICS[tactic]
+    kernel.decode(q, cache, cache, lengths, 0.0, num_splits=1, config=(block_n, warps, stages, False))
+    (py_grid, args, constexprs), = recorder.calls
+    assert grid == _grid3(py_grid) and launch.block_x == warps * 32  # one split: (1, B * Hkv)
+    assert extras == [args[n] for n in plugin.DECODE_SCALARS]
+    assert (constexprs["NUM_SPLITS"], constexprs["G"], constexprs["BLOCK_N"]) == (1, Hq // Hkv, block_n)
+
+
 def test_aot_entry_kernels_compute_the_reference_with_the_plugins_scalars():
     """The entries run on Triton's CPU interpreter with the grid and scalars the plugins give
     TensorRT (tests/plugins/aot_entries_interpreted.py): a misordered or wrong scalar shows here."""
@@ -375,3 +430,34 @@ def test_quik_payloads_run_as_tensorrt_launches_them(trt_api, tactic, M):
     _driver_launch(ptx, name, launch, [*inputs, *extras, y])
     want = reference.quik_matmul(*inputs, bits, torch.float32)
     torch.testing.assert_close(y.float(), want, rtol=2 * 2.0**-11, atol=1e-3 * want.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tactic,window,sinks", [(1, 0, 0), (2, 300, 4), (3, 0, 0)])
+def test_fused_attention_payloads_run_as_tensorrt_launches_them(trt_api, tactic, window, sinks):
+    trt, _, registry, _, _ = trt_api
+    from planforge.plugins.fused_attention import reference, tensorrt as plugin
+
+    g = torch.Generator().manual_seed(tactic)
+    B, Hq, Hkv, D, Sq, Skv, C = 2, 32, 8, 128, 700, 760, 1024
+    q = torch.randn(B, Hq, Sq, D, generator=g).bfloat16().cuda()
+    k, v = (torch.randn(B, Hkv, Skv, D, generator=g).bfloat16().cuda() for _ in range(2))
+    name, ptx, _, launch, extras = _aot(registry, "planforge::FusedAttentionPrefill", [
+        tensorrt_double.TensorDesc(t.shape, trt.bfloat16) for t in (q, k, v)],
+        {"scale": 0.0, "window": window, "sinks": sinks}, tactic)
+    out = torch.full_like(q, float("nan"))
+    _driver_launch(ptx, name, launch, [q, k, v, *extras, out])
+    want = reference.attention_prefill(q.float(), k.float(), v.float(), 0.0, window, sinks)
+    torch.testing.assert_close(out.float(), want, rtol=0, atol=2e-2)  # bf16 output, float32 softmax
+
+    if tactic in plugin.DECODE_TACTICS:
+        qd = torch.randn(B, Hq, D, generator=g).bfloat16().cuda()
+        kc, vc = (torch.randn(B, Hkv, C, D, generator=g).bfloat16().cuda() for _ in range(2))
+        lengths = torch.tensor([33, 1024], dtype=torch.int32).cuda()
+        name, ptx, _, launch, extras = _aot(registry, "planforge::FusedAttentionDecode", [
+            tensorrt_double.TensorDesc(t.shape, trt.bfloat16) for t in (qd, kc, vc)] + [
+            tensorrt_double.TensorDesc(lengths.shape, trt.int32)], {"scale": 0.0}, tactic)
+        out = torch.full_like(qd, float("nan"))
+        _driver_launch(ptx, name, launch, [qd, kc, vc, lengths, *extras, out])
+        want = reference.attention_decode(qd.float(), kc.float(), vc.float(), lengths)
+        torch.testing.assert_close(out.float(), want, rtol=0, atol=2e-2)

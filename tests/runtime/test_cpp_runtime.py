@@ -127,7 +127,8 @@ def test_the_c_runtime_knows_planforges_plugin_op_versions(lib):
 @pytest.fixture(scope="module")
 def engine_dirs(tiny_model, tmp_path_factory):
     """Engine directories as build --target tensorrt writes them (the manifest from Python's own code), with a
-    stand-in engine file: one with the real plugin forms (attention is a Python plugin), one all-AOT."""
+    stand-in engine file: one with the real plugin forms (all AOT for a dense model), one whose attention is
+    marked as the Python plugin (as a sparse model's SparseHeadsAttention is)."""
     from planforge.graph_passes.api import OptimizeOptions, optimize
     from planforge.manifest import Manifest
     from planforge.plugins.registry import plugin_op
@@ -136,10 +137,10 @@ def engine_dirs(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("engines")
     optimize(tiny_model("llama", "bf16")[1], root / "prepared", OptimizeOptions(target="tensorrt"))
     dirs = {}
-    for kind in ("real", "all_aot"):
+    for kind in ("real", "python_attention"):
         shutil.copytree(root / "prepared", root / kind)
         manifest = Manifest.load(root / kind)
-        forms = {key: "aot" if kind == "all_aot" else plugin_op(key.split("::")[1]).tensorrt_form
+        forms = {key: "python" if kind != "real" and "Attention" in key else plugin_op(key.split("::")[1]).tensorrt_form
                  for key in manifest.plugin_ops}
         manifest.tensorrt = engine_section("10.13.0.35", (9, 0), forms, manifest,
                                            profiles(manifest, EngineSettings()), "8.7")
@@ -152,9 +153,9 @@ def engine_dirs(tiny_model, tmp_path_factory):
 
 @pytest.mark.parametrize("kind,status,message", [
     ("portable", PF_ENGINE_ERROR, "not a TensorRT engine directory"),
-    ("real", PF_ENGINE_MISMATCH, "uses Python plugins (planforge::FusedAttentionDecode v2, "
-                                 "planforge::FusedAttentionPrefill v2)"),
-    ("all_aot", PF_BACKEND_UNAVAILABLE, "built without TensorRT"),
+    ("python_attention", PF_ENGINE_MISMATCH, "uses Python plugins (planforge::FusedAttentionDecode v2, "
+                                             "planforge::FusedAttentionPrefill v2)"),
+    ("real", PF_BACKEND_UNAVAILABLE, "built without TensorRT"),
 ])
 def test_the_c_runtime_checks_an_engine_directory_before_tensorrt(lib, engine_dirs, kind, status, message):
     handle = ctypes.c_void_p()
@@ -163,6 +164,6 @@ def test_the_c_runtime_checks_an_engine_directory_before_tensorrt(lib, engine_di
 
 
 def test_the_sample_service_says_why_it_cannot_serve(build, engine_dirs):
-    done = subprocess.run([str(build / "planforge_generate_service"), str(engine_dirs["all_aot"])],
+    done = subprocess.run([str(build / "planforge_generate_service"), str(engine_dirs["real"])],
                           input="", capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "built without TensorRT" in done.stderr

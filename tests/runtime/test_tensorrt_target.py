@@ -157,8 +157,8 @@ def test_the_quik_ops_are_marked_aot(tiny_model, tmp_path):
         quant=QuantOptions("w4a4", outliers="4"), calib=calib, calib_samples=4, calib_seq_len=32, target="portable"))
     prepared = _prepared(portable, tmp_path / "trt")
     aot = {n.op_type for n in _check_prepared(prepared) if {a.name: a.i for a in n.attribute}.get("aot")}
-    assert aot == {"KVCacheUpdate", "QuikQuantize", "QuikMatMul"}
-    assert Manifest.load(prepared).passes[-1]["settings"]["python_nodes"] == 4  # prefill + decode attention x 2
+    assert aot == {"KVCacheUpdate", "QuikQuantize", "QuikMatMul", "FusedAttentionPrefill", "FusedAttentionDecode"}
+    assert Manifest.load(prepared).passes[-1]["settings"]["python_nodes"] == 0  # an engine C++ can run
 
 
 # ---- the engine's profiles and checks (no TensorRT needed) ----------------------------------------
@@ -214,7 +214,7 @@ def test_an_engine_built_here_passes_its_checks(prepared_manifest, tmp_path):
     directory, manifest = _engine_dir(prepared_manifest, tmp_path)
     assert check_engine(directory, manifest, "10.13.0", (9, 0)) == directory / ENGINE_FILE
     assert manifest.tensorrt["plugins"]["planforge::KVCacheUpdate"] == {"version": 2, "form": "aot"}
-    assert manifest.tensorrt["plugins"]["planforge::FusedAttentionDecode"]["form"] == "python"
+    assert manifest.tensorrt["plugins"]["planforge::FusedAttentionDecode"]["form"] == "aot"
 
 
 def test_an_engine_for_another_tensorrt_or_gpu_is_refused(prepared_manifest, tmp_path):
@@ -246,7 +246,7 @@ def test_a_failed_deserialization_names_the_plugins_tensorrt_named(prepared_mani
     directory, manifest = _engine_dir(prepared_manifest, tmp_path)
     error = deserialize_failure(directory / ENGINE_FILE, manifest,
                                 ["getPluginCreator could not find plugin: FusedAttentionDecode version: 2"])
-    assert "planforge::FusedAttentionDecode v2 (python)" in str(error) and "KVCacheUpdate" not in str(error)
+    assert "planforge::FusedAttentionDecode v2 (aot)" in str(error) and "KVCacheUpdate" not in str(error)
     assert "load_tensorrt_plugins" in str(error)
 
 
