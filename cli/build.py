@@ -62,9 +62,6 @@ def _engine_builder(max_batch, opt_batch, max_prefill, opt_prefill, timing_cache
     settings = EngineSettings(max_batch, opt_batch, max_prefill, opt_prefill, timing_cache)
 
     def finish(directory: Path, manifest) -> None:
-        from planforge.runtime.tensorrt_engine import profiles
-
-        profiles(manifest, settings)  # bad settings fail before the (long) build
         if not quiet:
             typer.echo("building the TensorRT engine (TensorRT prints its own progress) ...")
         manifest.tensorrt = build_engine(directory, manifest, settings)
