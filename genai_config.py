@@ -5,10 +5,11 @@ Python clients load the directory as written (``og.Model(OUT)``). What it says:
 
 - the I/O names of ``docs/onnx_contract.md`` (``input_ids``, ``attention_mask``,
   ``position_ids``, ``past_key_values.%d.key|value`` -> ``logits``, ``present.%d.key|value``);
-- ``past_present_share_buffer: false``: the opset-23 ``Attention`` returns
-  ``present = concat(past, new)``, a new tensor per step. With ORT-GenAI's default
-  (``true``) it passes a max-length buffer as the past, and ``Attention`` fails with
-  "inconsistent total_sequence_length";
+- ``past_present_share_buffer``: ``true`` for the graph lowered onto ``GroupQueryAttention``
+  (``optimize --target onnxruntime``, ``manifest.io["past_present_share_buffer"]``): one
+  max-length buffer per layer, written in place. ``false`` for the portable graph: the opset-23
+  ``Attention`` returns ``present = concat(past, new)``, a new tensor per step, and fails with
+  "inconsistent total_sequence_length" on a max-length past;
 - greedy search up to the model's ``max_seq_len``, like ``planforge run``;
 - no thread count: ORT-GenAI's own default applies (half the hardware threads).
 
@@ -78,7 +79,8 @@ def genai_config(manifest: Manifest) -> dict:
         "do_sample": False, "num_beams": 1, "num_return_sequences": 1, "max_length": context,
         "min_length": 0, "temperature": 1.0, "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0,
         "length_penalty": 1.0, "diversity_penalty": 0.0, "no_repeat_ngram_size": 0, "early_stopping": True,
-        "past_present_share_buffer": False,
+        # the lowered GroupQueryAttention graph writes into one max-length buffer per layer; Attention cannot
+        "past_present_share_buffer": bool(manifest.io.get("past_present_share_buffer", False)),
     }
     return {"model": model, "search": search}
 

@@ -38,7 +38,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 
-from planforge.graph_passes.base import GraphPass, PassContext
+from planforge import constants
+from planforge.graph_passes import ort_attention
+from planforge.graph_passes.base import GraphPass, PassContext, all_graphs
 from planforge.graph_passes.node_builder import NodeBuilder
 from planforge.graph_passes.options import ACCURACY_LEVELS
 from planforge.graph_passes.ort_fusions import fuse_residual_norms
@@ -49,6 +51,7 @@ from planforge.manifest import Manifest
 
 MS_DOMAIN = "com.microsoft"
 MIN_ONNXRUNTIME = "1.22"  # MatMulNBits accuracy_level 4 and GatherBlockQuantized with bits on the CPU provider
+INTEGER_GEMM = "MatMulIntegerToFloat"  # the node name too: tests read its output
 NBITS_BLOCKS = (16, 32, 64, 128, 256, 512, 1024, 2048)  # block sizes MatMulNBits takes (powers of two >= 16)
 
 
@@ -71,12 +74,15 @@ class LowerOnnxRuntimePass(GraphPass):
     name = "lower_onnxruntime"
     expected = False  # a float model has nothing to lower; that is not a warning
 
-    def __init__(self, accuracy_level: int = 4):
+    def __init__(self, accuracy_level: int = 4, attention_refusal: Optional[str] = None, head_dim: int = 0):
         super().__init__()
         self.accuracy_level = accuracy_level
         self.ops: set[str] = set()
         self.fused: list[list[str]] = []
         self.fused_norms = 0
+        # GroupQueryAttention needs the model-level contract of ort_attention; None: try every layer
+        self.attention_refusal, self.head_dim = attention_refusal, head_dim
+        self.attention_layers = 0
 
     @classmethod
     def from_options(cls, options, context: PassContext) -> Optional["LowerOnnxRuntimePass"]:
@@ -85,10 +91,14 @@ class LowerOnnxRuntimePass(GraphPass):
         if options.accuracy_level not in ACCURACY_LEVELS:
             raise QuantizationError(f"--accuracy-level {options.accuracy_level} is not one of "
                                     f"{', '.join(map(str, ACCURACY_LEVELS))} (4: int8 activations, 1: float32).")
-        return cls(options.accuracy_level)
+        manifest = context.manifest
+        refusal = ("the streaming cache (sinks + rolling window) keeps its own Attention" if options.streaming
+                   else ort_attention.why_not_lowerable(manifest))
+        return cls(options.accuracy_level, refusal, manifest.dims.head_dim)
 
     def settings(self) -> dict:
         return {"accuracy_level": self.accuracy_level, "fused": self.fused, "residual_norms": self.fused_norms,
+                "group_query_attention": self.attention_layers,
                 "onnxruntime": {"min_version": MIN_ONNXRUNTIME, "ops": sorted(self.ops)}}
 
     def record(self, manifest: Manifest) -> None:
@@ -96,13 +106,46 @@ class LowerOnnxRuntimePass(GraphPass):
             return  # nothing lowered: model.onnx is still the portable graph
         super().record(manifest)
         manifest.target = "onnxruntime"
+        if self.attention_layers:
+            ort_attention.record_contract(manifest)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         result = super().call(model)
+        attention = self._lower_attention(model)
+        self.matches += attention
+        result = ir.passes.PassResult(model, modified=result.modified or attention > 0)
         if self.matches:
             model.opset_imports[MS_DOMAIN] = 1
             ir.passes.common.RemoveUnusedNodesPass()(model)  # the portable weights the rewrite replaced
         return result
+
+    # ------------------------------------------------------------------------------------- attention
+    def _lower_attention(self, model: ir.Model) -> int:
+        """Every layer's Attention onto GroupQueryAttention, or none: the cache contract is the whole model's."""
+        graph = model.graph
+        nested = [node for sub in list(all_graphs(model))[1:] for node in sub
+                  if node.op_type == "Attention" and node.domain == ""]
+        nodes = [node for node in graph if node.op_type == "Attention" and node.domain == ""]
+        if not nodes:
+            return 0
+        why = self.attention_refusal
+        if why is None and nested:
+            why = "attention inside the contextual-sparsity branches keeps Attention"
+        mask = next((v for v in graph.inputs if v.name == constants.ATTENTION_MASK), None)
+        if why is None and mask is None:
+            why = "the graph has no attention_mask input"
+        sites = [] if why else [ort_attention.match(node, graph, self.head_dim) for node in nodes]
+        refused = [site for site in sites if isinstance(site, str)]
+        if why or refused:
+            self.refuse(f"attention stays Attention: {why or refused[0]}")
+            return 0
+        seqlens, total = ort_attention.sequence_lengths(graph, mask)
+        for site in sites:
+            ort_attention.rewrite(graph, site, seqlens, total)
+        ort_attention.share_buffers(graph)
+        self.ops.add("GroupQueryAttention")
+        self.attention_layers = len(sites)
+        return len(sites)
 
     # --------------------------------------------------------------------------------------- sites
     def rewrite_graph(self, graph: ir.Graph) -> int:
@@ -203,12 +246,12 @@ class LowerOnnxRuntimePass(GraphPass):
             full = np.zeros((codes.shape[0], width), dtype=np.int8)
             full[:, keep] = codes
             codes = full  # (N, width)
-            mask = np.zeros(width, dtype=bool)
-            mask[keep] = True
-            kept = b.const("kept_columns", mask)
-            big = np.finfo(np.float32).max
-            low = b.op("Where", [kept, x, b.const("above_all", np.array(big, np.float32))], "act/kept_low")
-            high = b.op("Where", [kept, x, b.const("below_all", np.array(-big, np.float32))], "act/kept_high")
+            # x + 0 is x and x ± inf is ±inf, so these sums hold the kept columns as they are and push the
+            # outlier columns out of the min and the max: two Adds, a third of two Wheres' time.
+            outside = np.full(width, np.inf, dtype=np.float32)
+            outside[keep] = 0.0
+            low = b.op("Add", [x, b.const("outside_above", outside)], "act/kept_low")
+            high = b.op("Add", [x, b.const("outside_below", -outside)], "act/kept_high")
         scale_tok, lo = activation_range(b, low, high, a_bits)
         levels = b.const("levels_clip", np.array(float((1 << a_bits) - 1), dtype=np.float32))
         # Cast truncates toward zero, which on the kept columns' non-negative (x - lo) / s + ½ is the

@@ -2,7 +2,9 @@
 
     python samples/bench_peers.py samples/reference_model --out out/peers
 
-Builds, from one Hugging Face directory: planforge fp32 (export), W4A16, W8A8 and
+Builds, from one Hugging Face directory: planforge fp32 (export: the portable graph), fp32
+optimized (`optimize --quant none`: GroupQueryAttention over shared cache buffers and fused
+residual norms), W4A16, W8A8 and
 W4A4 (QUIK; `planforge optimize`, the default --target onnxruntime; W4A16 also with
 --group 32, ORT-GenAI's int4 block; W4A4 calibrated on
 the last quarter of heldout.txt, which the perplexity never reaches), and ONNX
@@ -11,7 +13,7 @@ block 32, accuracy level 4). Then, in interleaved rounds that each load every mo
 anew (a session's memory placement moves its speed by several percent), it times
 greedy generation of --new-tokens tokens after a --prompt-tokens prompt at every
 --batches size: planforge's models with planforge's runtime, ORT-GenAI's with its
-own client, and planforge's fp32 graph with ORT-GenAI's client too. Both runtimes
+own client, and planforge's fp32 graphs and W4A16 g32 with ORT-GenAI's client too. Both runtimes
 get --threads intra-op threads. Perplexity: the first --ppl-tokens tokens of
 heldout.txt in disjoint windows of the model's context (ORT-GenAI's models scored
 through a plain ONNX Runtime session on their graph).
@@ -62,10 +64,10 @@ def build_planforge(model: Path, out: Path) -> dict[str, Path]:
     calib = out / "calib.txt"
     calib.write_text(text[3 * len(text) // 4:])  # the last quarter: perplexity scores only the start
     export(str(model), out / "fp32", ExportOptions(force=True))
-    schemes = {"w4a16": QuantOptions("w4a16"), "w4a16-g32": QuantOptions("w4a16", group=32),
+    schemes = {"fp32-optimized": None, "w4a16": QuantOptions("w4a16"), "w4a16-g32": QuantOptions("w4a16", group=32),
                "w8a8": QuantOptions("w8a8"), "w4a4": QuantOptions("w4a4")}
     for name, quant in schemes.items():
-        optimize(out / "fp32", out / name, OptimizeOptions(quant=quant, calib=calib, force=True))
+        optimize(out / "fp32", out / name, OptimizeOptions(quant=quant, calib=calib if quant else None, force=True))
     return {"fp32": out / "fp32", **{name: out / name for name in schemes}}
 
 
@@ -215,14 +217,17 @@ def report(variants: list[Variant], args) -> None:
     print(f"\nplanforge fp32: same greedy tokens from planforge's runtime and ORT-GenAI's client: {'yes' if same else 'NO'}")
     for ours, theirs in (("planforge w4a16", "ORT-GenAI int4"), ("planforge w4a16 g32", "ORT-GenAI int4"),
                          ("planforge fp32", "planforge fp32, ORT-GenAI client"),
+                         ("planforge fp32 optimized", "planforge fp32 optimized, ORT-GenAI client"),
                          ("planforge w4a16 g32", "planforge w4a16 g32, ORT-GenAI client"),
                          ("planforge w4a16 g32, ORT-GenAI client", "ORT-GenAI int4"),
-                         ("planforge w4a4", "planforge fp32")):
+                         ("planforge w4a4", "planforge fp32"), ("planforge w4a4", "planforge fp32 optimized")):
         ratios = [statistics.median(by_name[ours].decode[b]) / statistics.median(by_name[theirs].decode[b])
                   for b in batches]
         print(f"{ours} / {theirs}: decode " + ", ".join(f"{r:.2f}x at batch {b}" for r, b in zip(ratios, batches)))
-    w4a4, fp32 = by_name["planforge w4a4"], by_name["planforge fp32"]
-    print(f"planforge w4a4 / planforge fp32: prefill time {statistics.median(w4a4.prefill_ms) / statistics.median(fp32.prefill_ms):.2f}x")
+    w4a4 = by_name["planforge w4a4"]
+    for base_name in ("planforge fp32", "planforge fp32 optimized"):
+        ratio = statistics.median(w4a4.prefill_ms) / statistics.median(by_name[base_name].prefill_ms)
+        print(f"planforge w4a4 / {base_name}: prefill time {ratio:.2f}x")
 
 
 def main():
@@ -246,6 +251,8 @@ def main():
     peers = {p: build_ort_genai(model, out, p) for p in ("fp32", "int4")}
     variants = [Variant("planforge fp32", ours["fp32"], "planforge"),
                 Variant("planforge fp32, ORT-GenAI client", ours["fp32"], "ort-genai"),
+                Variant("planforge fp32 optimized", ours["fp32-optimized"], "planforge"),
+                Variant("planforge fp32 optimized, ORT-GenAI client", ours["fp32-optimized"], "ort-genai"),
                 Variant("planforge w4a16", ours["w4a16"], "planforge"),
                 Variant("planforge w4a16 g32", ours["w4a16-g32"], "planforge"),
                 Variant("planforge w4a16 g32, ORT-GenAI client", ours["w4a16-g32"], "ort-genai"),

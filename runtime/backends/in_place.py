@@ -1,5 +1,6 @@
-"""The lowered graph's cache contract (``build --target torch`` and ``tensorrt``), run the same way by
-every backend that executes a plugin graph.
+"""The in-place cache contract, run the same way by every backend whose graph writes its cache in place:
+the plugin graph (``build --target torch`` and ``tensorrt``) and the graph lowered onto ONNX Runtime's
+``GroupQueryAttention`` (``optimize --target onnxruntime``, its buffers shared by past and present).
 
 One preallocated buffer per layer and K/V, which ``KVCacheUpdate`` writes in place, plus the valid
 length of each sequence (``past_lengths``). The fused ops take no padding mask, so a left-padded
@@ -29,7 +30,7 @@ class InPlaceKVCache:
 class InPlaceContract:
     """Mixin: the cache calls of ``Backend`` for the lowered contract, over the backend's ``_step``.
 
-    Needs ``manifest``, ``device``, ``_kv_dtype`` (a torch dtype) and ``_streaming_slots`` (None, or a
+    Needs ``manifest``, ``device``, ``_kv_dtype`` (the buffers' dtype) and ``_streaming_slots`` (None, or a
     streaming model's S + W)."""
 
     def _step(self, ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray, buffers: list,
@@ -37,17 +38,28 @@ class InPlaceContract:
         """One run: writes the new tokens at slots ``lengths`` (+ s) of ``buffers``; logits (B, S, V)."""
         raise NotImplementedError
 
-    def _empty_in_place(self, batch_size: int) -> InPlaceKVCache:
+    def _cache_capacities(self) -> list[int]:
+        """Slots of each layer's buffers: the lowered contract's ``kv_cache`` entries."""
+        return [layer["capacity"] for layer in self.manifest.io["kv_cache"]]
+
+    def _zeros(self, shape: tuple) -> object:
+        """A zeroed cache buffer (torch on ``self.device`` here; a numpy backend overrides it)."""
         import torch
 
-        d = self.manifest.dims
-        buffers = [torch.zeros(batch_size, d.num_kv_heads, layer["capacity"], d.head_dim, dtype=self._kv_dtype,
-                               device=self.device) for layer in self.manifest.io["kv_cache"] for _ in (0, 1)]
-        return InPlaceKVCache(buffers, np.zeros(batch_size, np.int64), 0)
+        return torch.zeros(*shape, dtype=self._kv_dtype, device=self.device)
 
     @staticmethod
-    def _repeat_in_place(cache: InPlaceKVCache, times: int) -> InPlaceKVCache:
-        return InPlaceKVCache([b.repeat_interleave(times, dim=0) for b in cache.buffers],
+    def _repeat_rows(buffer, times: int):
+        return buffer.repeat_interleave(times, dim=0)
+
+    def _empty_in_place(self, batch_size: int) -> InPlaceKVCache:
+        d = self.manifest.dims
+        buffers = [self._zeros((batch_size, d.num_kv_heads, capacity, d.head_dim))
+                   for capacity in self._cache_capacities() for _ in (0, 1)]
+        return InPlaceKVCache(buffers, np.zeros(batch_size, np.int64), 0)
+
+    def _repeat_in_place(self, cache: InPlaceKVCache, times: int) -> InPlaceKVCache:
+        return InPlaceKVCache([self._repeat_rows(b, times) for b in cache.buffers],
                               np.repeat(cache.lengths, times), cache.length)
 
     def _check_capacity(self, lengths: np.ndarray, new_tokens: int) -> None:

@@ -7,12 +7,17 @@ step are fed, as ONNX Runtime values, to the past inputs of the next, so the
 cache never round-trips through numpy (and, with the CUDA provider, never leaves
 the GPU). Only the logits are copied out.
 
-The step costs one call into ONNX Runtime: on the CPU the binding's C-level
-``run_with_ort_values``, which skips the Python wrapper's per-call validation (half
-the per-step overhead measured on the reference model: 152 vs 321 µs for IOBinding,
-``samples/bench_peers.py``); with CUDA an IOBinding that keeps the presents on the GPU.
-The opset-23 ``Attention`` writes ``present = concat(past, new)``, so the cache
-cannot share one buffer between steps; the graph's own streaming cache bounds it.
+Two cache contracts, by the graph:
+
+- the graph lowered onto ``GroupQueryAttention`` (``manifest.io["past_present_share_buffer"]``,
+  ``optimize --target onnxruntime``): one preallocated buffer per layer and K/V, bound once as
+  both the past input and the present output, so the kernel writes each new token in place
+  (``in_place.py``: a left-padded prefill runs row by row, since a row's tokens must start at
+  slot 0). A decode step then binds three small inputs and the logits, and runs. CPU only.
+- the portable graph: opset-23 ``Attention`` writes ``present = concat(past, new)``, a new
+  tensor per step, so the presents of one step are fed, as ONNX Runtime values, to the past
+  inputs of the next (one C-level ``run_with_ort_values`` call; with CUDA an IOBinding that
+  keeps them on the GPU). The graph's own streaming cache bounds it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from planforge import constants
 from planforge.errors import BackendUnavailableError, CompiledModelError, ContribOpUnavailableError
 from planforge.manifest import Manifest, check_graph_inputs
 from planforge.runtime.backends.base import Backend
+from planforge.runtime.backends.in_place import InPlaceContract, InPlaceKVCache
 from planforge.runtime.backends.registry import register_backend
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -89,8 +95,10 @@ def _load_session(path: Path, provider: str, threads: Optional[int], manifest: M
 @register_backend("onnxruntime", targets=("portable", "onnxruntime"), default_for=("portable", "onnxruntime"),
                   devices=("cpu", "cuda"), requires=("onnxruntime",),
                   install="`pip install onnxruntime` (CPU), or `pip install onnxruntime-gpu` for CUDA.")
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(InPlaceContract, Backend):
     """A compiled model directory loaded on ONNX Runtime."""
+
+    _streaming_slots = None  # a streaming graph keeps Attention (ort_attention), so shared buffers never roll
 
     def __init__(self, model_dir: Path, manifest: Manifest, device: str = "cpu", threads: Optional[int] = None):
         self.model_dir, self.manifest, self.device = Path(model_dir), manifest, device
@@ -98,6 +106,11 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailableError(
                 "this model was exported with --dtype bf16, which ONNX Runtime's Python API cannot feed a KV "
                 "cache for. Run it with TensorRT, or re-export with --dtype fp16 or fp32.")
+        self._shared = bool(manifest.io.get("past_present_share_buffer", False))
+        if self._shared and device != "cpu":
+            raise BackendUnavailableError(
+                f"{self.model_dir} is lowered for ONNX Runtime on the CPU (GroupQueryAttention over shared cache "
+                "buffers). Run it with --device cpu, or optimize with --target portable for other devices.")
         model_path = self.model_dir / constants.MODEL_FILE
         if not model_path.is_file():
             raise CompiledModelError(f"{self.model_dir} has no {constants.MODEL_FILE}. Re-export the model.")
@@ -111,6 +124,11 @@ class OnnxRuntimeBackend(Backend):
                                for name in (constants.present_key(i), constants.present_value(i))]
         self._kv_dtype = np.dtype(manifest.kv_numpy_dtype)
         self._output_names = [constants.LOGITS] + self._present_names
+        if self._shared:
+            self._binding = _c_api().SessionIOBinding(self._session._sess)
+            self._bound: Optional[tuple] = None  # (the buffers bound now, their OrtValues)
+            self._decode_logits: dict = {}  # batch -> a (B, 1, V) logits buffer of decode steps and its value
+            self._ones = np.ones(0, np.int64)  # the all-ones masks of unpadded steps are views of this
 
     def _value(self, array: np.ndarray):
         """A copy of ``array`` in memory ONNX Runtime owns (a value made from numpy would only borrow it)."""
@@ -120,18 +138,25 @@ class OnnxRuntimeBackend(Backend):
         value.update_inplace(np.ascontiguousarray(array))
         return value._ortvalue
 
-    def empty_cache(self, batch_size: int) -> KVCache:
+    def empty_cache(self, batch_size: int) -> KVCache | InPlaceKVCache:
+        if self._shared:
+            return self._empty_in_place(batch_size)
         d = self.manifest.dims
         empty = self._value(np.zeros((batch_size, d.num_kv_heads, 0, d.head_dim), dtype=self._kv_dtype))
         return KVCache(values=[empty] * len(self._past_names), length=0)
 
-    def repeat_cache(self, cache: KVCache, times: int) -> KVCache:
+    def repeat_cache(self, cache: KVCache | InPlaceKVCache, times: int) -> KVCache | InPlaceKVCache:
+        if isinstance(cache, InPlaceKVCache):
+            return self._repeat_in_place(cache, times)
         values = [self._value(np.repeat(v.numpy(), times, axis=0)) for v in cache.values]
         return KVCache(values=values, length=cache.length)
 
     def forward(self, input_ids, attention_mask, position_ids, cache: KVCache, last_only: bool = False):
         assert input_ids.shape == position_ids.shape, (input_ids.shape, position_ids.shape)
         assert attention_mask.shape[1] == cache.length + input_ids.shape[1], "mask must cover past + new tokens"
+        if self._shared:
+            return self._forward_in_place(np.asarray(input_ids), np.asarray(attention_mask),
+                                          np.asarray(position_ids), cache, last_only)
         import onnxruntime as ort
 
         # These values borrow the arrays' memory: ``inputs`` keeps the arrays alive until the run returns.
@@ -162,3 +187,73 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(name, self.device)
         self._session.run_with_iobinding(binding)
         return [value._ortvalue for value in binding.get_outputs()]
+
+    # ---- shared cache buffers (GroupQueryAttention) ----------------------------------------------
+    def _cache_capacities(self) -> list[int]:
+        return [self.manifest.dims.max_seq_len] * self.manifest.dims.num_layers
+
+    def _zeros(self, shape: tuple) -> np.ndarray:
+        return np.zeros(shape, dtype=self._kv_dtype)
+
+    @staticmethod
+    def _repeat_rows(buffer: np.ndarray, times: int) -> np.ndarray:
+        return np.repeat(buffer, times, axis=0)
+
+    def _step(self, ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray, buffers: list,
+              last_only: bool = False) -> np.ndarray:
+        """One run over shared buffers: the kernel writes the new tokens at slots ``lengths`` (+ s); logits."""
+        self._check_capacity(lengths, ids.shape[1])
+        C = _c_api()
+        cpu = _cpu_device()
+        binding = self._binding
+        if self._bound is None or self._bound[0] is not buffers:  # a new cache, or one row's views of it
+            values = [C.OrtValue.ortvalue_from_numpy(buffer, cpu) for buffer in buffers]
+            for past, present, value in zip(self._past_names, self._present_names, values):
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+            self._bound = (buffers, values)  # the numpy buffers own the memory the values borrow
+        B, S = ids.shape
+        # The graph reads each sequence's length from the mask's sum and the step's span from its width
+        # (ort_attention); the tokens of sequence b are its slots [0, lengths[b] + S).
+        seen = lengths + S
+        width = int(seen.max())
+        if (seen == width).all():
+            if self._ones.size < B * width:
+                self._ones = np.ones(B * self.manifest.dims.max_seq_len, np.int64)
+            mask = self._ones[:B * width].reshape(B, width)
+        else:
+            mask = (np.arange(width) < seen[:, None]).astype(np.int64)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        for name, array in ((constants.INPUT_IDS, ids), (constants.ATTENTION_MASK, mask),
+                            (constants.POSITION_IDS, positions)):
+            binding.bind_ortvalue_input(name, C.OrtValue.ortvalue_from_numpy(array, cpu))
+        if S == 1:  # decode: one logits buffer per batch size stays bound
+            if B not in self._decode_logits:
+                logits = np.empty((B, 1, self.manifest.dims.vocab_size), np.float32)
+                self._decode_logits[B] = (logits, C.OrtValue.ortvalue_from_numpy(logits, cpu))
+            logits, value = self._decode_logits[B]
+            binding.bind_ortvalue_output(constants.LOGITS, value)
+            self._session._sess.run_with_iobinding(binding, None)
+            return logits.copy()  # the buffer is the next decode step's output too
+        logits = np.empty((B, S, self.manifest.dims.vocab_size), np.float32)
+        binding.bind_ortvalue_output(constants.LOGITS, C.OrtValue.ortvalue_from_numpy(logits, cpu))
+        self._session._sess.run_with_iobinding(binding, None)
+        return logits[:, -1:] if last_only else logits
+
+
+def _c_api():
+    from onnxruntime.capi import _pybind_state
+
+    return _pybind_state
+
+
+_CPU_DEVICE = None
+
+
+def _cpu_device():
+    global _CPU_DEVICE
+    if _CPU_DEVICE is None:
+        C = _c_api()
+        _CPU_DEVICE = C.OrtDevice(C.OrtDevice.cpu(), C.OrtDevice.default_memory(), 0)
+    return _CPU_DEVICE

@@ -156,10 +156,12 @@ def test_lowered_model_follows_the_portable_one(tiny_model, tmp_path, calib, sch
     quantized = [lin for lin in manifest.linears if lin["layer"] is not None]  # the LM head stays float
     norms = reports[-1].settings["residual_norms"]  # Add + RMSNormalization pairs: 2 per layer (GPT-2: LayerNorm)
     assert norms == (0 if scheme == "w4a16" or dtype == "fp16" else 2 * layers)  # float32 RMSNorm only
-    assert reports[-1].matches == len(quantized) + 1 + norms and not reports[-1].refusals  # linears, table, norms
+    attention = reports[-1].settings["group_query_attention"]  # every layer (gpt2: without rotary)
+    assert attention == layers and manifest.io["past_present_share_buffer"]
+    assert reports[-1].matches == len(quantized) + 1 + norms + attention and not reports[-1].refusals
     graph = onnx.load(str(tmp_path / "ort" / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    assert "DequantizeLinear" not in ops and "GatherBlockQuantized" in ops
+    assert "DequantizeLinear" not in ops and "GatherBlockQuantized" in ops and "Attention" not in ops
     gemm = "MatMulNBits" if scheme == "w4a16" else "MatMulInteger"
     # q/k/v share one GEMM, and so do gate/up of the gated MLP: 4 per layer (and gpt2's tied head)
     assert ops.count(gemm) == 4 * layers + (scheme == "w4a16")
@@ -196,6 +198,7 @@ def test_lowering_reaches_into_the_sparsity_branches(tiny_model, tmp_path):
     # 14 linears (K/V outside the If, the rest in the dense branches) and the residual norms whose sum is
     # computed in the same graph as the norm
     assert reports[-1].matches == 14 + reports[-1].settings["residual_norms"]
+    assert any("contextual-sparsity branches" in why for why in reports[-1].refusals), reports[-1].refusals
     model = onnx.load(str(tmp_path / "ort" / "model.onnx"))
     branch_ops = [n.op_type for node in model.graph.node if node.op_type == "If"
                   for attr in node.attribute for n in attr.g.node]
@@ -220,7 +223,9 @@ def test_residual_norms_fuse_without_quantization(tiny_model, tmp_path):
     for name, options in (("float", {}), ("streaming", {"streaming": StreamingOptions(4, 28)})):
         optimize(exported, tmp_path / f"{name}_portable", OptimizeOptions(**options, target="portable"))
         _, reports = optimize(exported, tmp_path / name, OptimizeOptions(**options))
-        assert reports[-1].matches == reports[-1].settings["residual_norms"] == 4  # 2 layers x 2
+        assert reports[-1].settings["residual_norms"] == 4  # 2 layers x 2
+        attention = reports[-1].settings["group_query_attention"]  # the streaming cache keeps Attention
+        assert attention == (0 if name == "streaming" else 2) and reports[-1].matches == 4 + attention
         ops = [n.op_type for n in onnx.load(str(tmp_path / name / "model.onnx")).graph.node]
         assert ops.count("SkipSimplifiedLayerNormalization") == 4 and ops.count("RMSNormalization") == 1  # final
         ids = np.random.default_rng(9).integers(1, 300, (2, 9))
