@@ -167,7 +167,8 @@ class Generator:
             if all(r is not None for r in reasons):
                 break
             # Finished rows keep stepping (batch shapes stay fixed) on padding that no one reads.
-            feed = np.where([r is None for r in reasons], next_tokens, pad_id).astype(np.int64)
+            running = [r is None for r in reasons]
+            feed = next_tokens if all(running) else np.where(running, next_tokens, pad_id).astype(np.int64)
             mask = self.next_mask(mask)
             logits, cache, positions = self.decode_one_token(feed, mask, positions, cache)
         decode_seconds = time.perf_counter() - start

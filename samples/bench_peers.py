@@ -10,7 +10,8 @@ W4A4 (QUIK; `planforge optimize`, the default --target onnxruntime; W4A16 also w
 the last quarter of heldout.txt, which the perplexity never reaches), and ONNX
 Runtime GenAI's own fp32 and int4 builds (its model builder, `-p fp32|int4 -e cpu`:
 block 32, accuracy level 4). Then, in interleaved rounds that each load every model
-anew (a session's memory placement moves its speed by several percent), it times
+anew (a session's memory placement moves its speed by several percent), each timed
+generation after a 0.2 s pause (so no other session's threads still spin), it times
 greedy generation of --new-tokens tokens after a --prompt-tokens prompt at every
 --batches size: planforge's models with planforge's runtime, ORT-GenAI's with its
 own client, and planforge's fp32 graphs and W4A16 g32 with ORT-GenAI's client too. Both runtimes
@@ -56,6 +57,9 @@ class Variant:
     prefill_ms: list = field(default_factory=list)  # batch 1
     tokens: list = field(default_factory=list)  # greedy tokens of the last batch-1 round
     perplexity: float = float("nan")
+
+
+SETTLE_SECONDS = 0.2  # pause before each timed generation (see measure)
 
 
 # ------------------------------------------------------------------------------------------- building
@@ -134,6 +138,9 @@ def measure(variants: list[Variant], args, vocab: int) -> None:
         for batch in args.batches:
             for variant, runner in order:
                 runner.generate(prompts[batch][:, :8], 2)  # warm-up of this session at this batch
+                # Let the previous session's worker threads stop spinning: started right after another
+                # session's run, a 128-token prefill measured 1.4-1.7x slower on the 2-core machine.
+                time.sleep(SETTLE_SECONDS)
                 prefill, decode, tokens = runner.generate(prompts[batch], args.new_tokens)
                 variant.decode.setdefault(batch, []).append(decode)
                 if batch == 1:

@@ -87,7 +87,7 @@ class InPlaceContract:
             logits = steps[-1] if last_only else np.concatenate(steps, axis=1)
             # every token is written (a right-padded continuation's padding comes after its real tokens)
             return logits, InPlaceKVCache(cache.buffers, cache.lengths + S, self._mask_columns(cache.length + S))
-        lengths = cache.lengths + new.sum(axis=1)
+        lengths = cache.lengths + (new[:, 0] if S == 1 else new.sum(axis=1))
         return logits, InPlaceKVCache(cache.buffers, lengths, self._mask_columns(cache.length + S))
 
     def _mask_columns(self, seen: int) -> int:

@@ -127,7 +127,6 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
         if self._shared:
             self._binding = _c_api().SessionIOBinding(self._session._sess)
             self._bound: Optional[tuple] = None  # (the buffers bound now, their OrtValues)
-            self._decode_logits: dict = {}  # batch -> a (B, 1, V) logits buffer of decode steps and its value
             self._ones = np.ones(0, np.int64)  # the all-ones masks of unpadded steps are views of this
 
     def _value(self, array: np.ndarray):
@@ -201,22 +200,25 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
 
     def _step(self, ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray, buffers: list,
               last_only: bool = False) -> np.ndarray:
-        """One run over shared buffers: the kernel writes the new tokens at slots ``lengths`` (+ s); logits."""
-        self._check_capacity(lengths, ids.shape[1])
-        C = _c_api()
-        cpu = _cpu_device()
-        binding = self._binding
+        """One run over shared buffers: the kernel writes the new tokens at slots ``lengths`` (+ s); logits.
+
+        A decode step is a few Python statements around one C call: the Python between two runs costs
+        ~10x what it costs in a warm loop, because each run evicts it from the caches (docs/architecture.md).
+        """
+        C, cpu, binding = _c_api(), _cpu_device(), self._binding
+        B, S = ids.shape
+        # The graph reads each sequence's length from the mask's sum and the step's span from its width
+        # (ort_attention); the tokens of sequence b are its slots [0, lengths[b] + S).
+        seen = lengths + S
+        width = int(seen.max())
+        if width > self.manifest.dims.max_seq_len:
+            self._check_capacity(lengths, S)  # raises, with the numbers
         if self._bound is None or self._bound[0] is not buffers:  # a new cache, or one row's views of it
             values = [C.OrtValue.ortvalue_from_numpy(buffer, cpu) for buffer in buffers]
             for past, present, value in zip(self._past_names, self._present_names, values):
                 binding.bind_ortvalue_input(past, value)
                 binding.bind_ortvalue_output(present, value)
             self._bound = (buffers, values)  # the numpy buffers own the memory the values borrow
-        B, S = ids.shape
-        # The graph reads each sequence's length from the mask's sum and the step's span from its width
-        # (ort_attention); the tokens of sequence b are its slots [0, lengths[b] + S).
-        seen = lengths + S
-        width = int(seen.max())
         if (seen == width).all():
             if self._ones.size < B * width:
                 self._ones = np.ones(B * self.manifest.dims.max_seq_len, np.int64)
@@ -228,19 +230,11 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
         for name, array in ((constants.INPUT_IDS, ids), (constants.ATTENTION_MASK, mask),
                             (constants.POSITION_IDS, positions)):
             binding.bind_ortvalue_input(name, C.OrtValue.ortvalue_from_numpy(array, cpu))
-        if S == 1:  # decode: one logits buffer per batch size stays bound
-            if B not in self._decode_logits:
-                logits = np.empty((B, 1, self.manifest.dims.vocab_size), np.float32)
-                self._decode_logits[B] = (logits, C.OrtValue.ortvalue_from_numpy(logits, cpu))
-            logits, value = self._decode_logits[B]
-            binding.bind_ortvalue_output(constants.LOGITS, value)
-            self._session._sess.run_with_iobinding(binding, None)
-            return logits.copy()  # the buffer is the next decode step's output too
+        # A new logits buffer per run: the caller keeps what it is given (cheaper than copying a bound one).
         logits = np.empty((B, S, self.manifest.dims.vocab_size), np.float32)
         binding.bind_ortvalue_output(constants.LOGITS, C.OrtValue.ortvalue_from_numpy(logits, cpu))
         self._session._sess.run_with_iobinding(binding, None)
-        return logits[:, -1:] if last_only else logits
-
+        return logits[:, -1:] if last_only and S > 1 else logits
 
 def _c_api():
     from onnxruntime.capi import _pybind_state
