@@ -201,6 +201,51 @@ class HFSide:
             cache = out.past_key_values
 
 
+class HFStaticSide(HFSide):
+    """transformers' fastest offline decode: a StaticCache, and the decode step compiled with torch.compile
+    ("reduce-overhead": CUDA graphs). The prefill runs eager into the same static cache."""
+
+    name = "transformers bf16 (SDPA, static cache, torch.compile)"
+
+    def __init__(self, source: Path, max_len: int):
+        super().__init__(source)
+        self.max_len = max_len
+        self.step = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=True)
+        self.caches: dict = {}
+
+    def _cache(self, batch: int):
+        from transformers import StaticCache
+
+        if batch not in self.caches:
+            self.caches = {}  # one batch size's cache at a time
+            try:
+                cache = StaticCache(config=self.model.config, max_batch_size=batch, max_cache_len=self.max_len,
+                                    device="cuda", dtype=torch.bfloat16)
+            except TypeError:  # newer transformers size the batch lazily
+                cache = StaticCache(config=self.model.config, max_cache_len=self.max_len)
+            self.caches[batch] = cache
+        cache = self.caches[batch]
+        cache.reset()
+        return cache
+
+    @torch.inference_mode()
+    def prefill(self, ids: np.ndarray):
+        cache = self._cache(ids.shape[0])
+        out = self.model(torch.from_numpy(ids).cuda(), past_key_values=cache,
+                         cache_position=torch.arange(ids.shape[1], device="cuda"), use_cache=True)
+        out.logits[:, -1].float().cpu()
+        return cache, ids.shape[1]
+
+    @torch.inference_mode()
+    def decode(self, state, ids: np.ndarray, steps: int):
+        cache, length = state
+        tokens = torch.from_numpy(ids[:, -1:]).cuda()
+        for t in range(steps):
+            out = self.step(tokens, past_key_values=cache, cache_position=torch.tensor([length + t], device="cuda"),
+                            use_cache=True)
+            out.logits[:, -1].float().cpu()
+
+
 class PlanforgeSide:
     name = "planforge torch backend bf16 (lowered, CUDA graphs)"
 
@@ -300,6 +345,8 @@ def main() -> None:
     parser.add_argument("--sparse", action="store_true", help="Add bf16 with 50%% contextual sparsity.")
     parser.add_argument("--streaming", action="store_true",
                         help="Add the 7B shape streaming (4 sinks + 2044) at stream positions 4k to 32k.")
+    parser.add_argument("--hf-static", action="store_true",
+                        help="Add transformers with a static cache and its decode step under torch.compile.")
     parser.add_argument("--profile-prefill", action="store_true",
                         help="Only profile one 2k prefill of the 7B-shaped model on planforge (torch.profiler table).")
     args = parser.parse_args()
@@ -326,6 +373,9 @@ def main() -> None:
         print(f"[{label}] exported and lowered in {time.time() - t0:.0f} s", flush=True)
         rows = {}
         sides = [lambda: HFSide(source), lambda: PlanforgeSide(lowered)]
+        if args.hf_static:
+            longest = max(contexts + [prefill_len]) + DECODE_STEPS + 8
+            sides.insert(1, lambda: HFStaticSide(source, longest))
         if w4a4 is not None:
             sides.append(lambda: PlanforgeSide(w4a4, W4A4_NAME))
         if sparse is not None:
@@ -384,6 +434,13 @@ def print_table(results: dict) -> None:
             a, b, c, e = hf[key], pf.get(key), q.get(key), sp.get(key)
             print(f"| {key} | {cell(a)} | {cell(b)} | {ratio(b, a)} | {cell(c)} | {ratio(c, b)} | {cell(e)} "
                   f"| {ratio(e, b)} |")
+        static = rows.get(HFStaticSide.name)
+        if static:
+            print(f"\n{label}: transformers with a static cache and torch.compile\n| metric | transformers eager "
+                  "| transformers static + compile | static / eager | planforge bf16 / static |\n|---|---|---|---|---|")
+            for key in hf:
+                print(f"| {key} | {cell(hf[key])} | {cell(static.get(key))} | {ratio(static.get(key), hf[key])} "
+                      f"| {ratio(pf.get(key), static.get(key))} |")
         sizes = results.get("weights_mb", {}).get(label, {})
         w, sz = sizes.get("w4a4"), sizes.get("sparse")
         print(f"| model file MB | - | {sizes['bf16']:.0f} | - | {cell(w)} | {ratio(w, sizes['bf16'])} | {cell(sz)} "
