@@ -199,16 +199,26 @@ class LowerOnnxRuntimePass(GraphPass):
             x = b.op("Cast", [x], "in/Cast", to=ir.DataType.FLOAT)
         weight = np.concatenate([site.weight for site in group])  # (N, Kq): siblings stack along N
         scale = np.concatenate([site.scale for site in group])
+        zero_term = None  # W4A4/W8A8: (lo (..., 1), colsum(Ŵ) (N,)), the codes' offset through the weights
         if first.a_bits is None:
             y = self._matmul_nbits(b, x, weight, scale, first.block, first.w_bits)
         else:
-            y = self._integer_linear(b, x, weight, scale, first.w_bits, first.a_bits, first.keep, first.in_features)
+            y, zero_term = self._integer_linear(b, x, weight, scale, first.w_bits, first.a_bits, first.keep,
+                                                first.in_features)
+        fold = zero_term is not None and first.outliers is not None and dtype == ir.DataType.FLOAT
+        if zero_term is not None and not fold:
+            lo, colsum = zero_term
+            y = b.op("Add", [y, b.op("Mul", [lo, b.const("colsum", colsum)], "lo/colsum")], "lo/Add")
         if dtype != ir.DataType.FLOAT:
             y = b.op("Cast", [y], "out/Cast", to=dtype)
         if first.outliers is not None:
             xo = b.op("Gather", [first.root, b.const("outlier_index", first.outliers.astype(np.int64))],
                       "outliers/Gather", axis=-1)
             w_out = np.concatenate([site.w_out for site in group], axis=1)
+            if fold:  # lo·colsum as one more row of the float outlier GEMM: [x_out, lo] @ [W_out; colsum]
+                lo, colsum = zero_term
+                xo = b.op("Concat", [xo, lo], "outliers/Concat", axis=-1)
+                w_out = np.concatenate([w_out, colsum[None, :].astype(w_out.dtype)])
             y = b.op("Add", [y, b.op("MatMul", [xo, b.const("weight_outliers", w_out)], "outliers/MatMul")], "Add")
         outputs = [y]
         if len(group) > 1:
@@ -232,8 +242,10 @@ class LowerOnnxRuntimePass(GraphPass):
                     accuracy_level=self.accuracy_level)
 
     def _integer_linear(self, b: NodeBuilder, x: ir.Value, codes: np.ndarray, scale: np.ndarray, w_bits: int,
-                        a_bits: int, keep: Optional[np.ndarray], width: int) -> ir.Value:
-        """x (..., width) float32 -> x̂ @ Ŵ (..., N) float32 through an exact integer GEMM (module doc).
+                        a_bits: int, keep: Optional[np.ndarray], width: int) -> tuple[ir.Value, tuple]:
+        """x (..., width) float32 -> (s_tok·(Σ_k q·W_q)·s_w (..., N) float32, (lo, colsum(Ŵ))): x̂ @ Ŵ through an
+        exact integer GEMM (module doc) but its zero term lo·colsum, which the caller adds (alone, or as a row
+        of the outlier GEMM).
 
         With x̂ = q·s_tok + lo (the portable ``(q - mid)·s + (lo + mid·s)``) and Ŵ = W_q·s_w:
         x̂ @ Ŵ = s_tok · (Σ_k q·W_q)·s_w + lo · colsum(Ŵ), so the GEMM needs no zero point for the codes.
@@ -274,7 +286,7 @@ class LowerOnnxRuntimePass(GraphPass):
         acc_f = b.op("Cast", [acc], "acc/Cast", to=ir.DataType.FLOAT)  # (..., N) Σ_k q·W_q
         y = b.op("Mul", [b.op("Mul", [acc_f, scale_tok], "acc/token_scale"), b.const("channel_scale", channel_scale)],
                  "acc/channel_scale")
-        return b.op("Add", [y, b.op("Mul", [lo, b.const("colsum", colsum)], "lo/colsum")], "lo/Add")
+        return y, (lo, colsum)
 
     # --------------------------------------------------------------------------------- token table
     def _rewrite_table(self, graph: ir.Graph, table: TableSite) -> int:
