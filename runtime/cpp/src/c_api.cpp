@@ -20,42 +20,29 @@ namespace {
 
 thread_local std::string last_error;
 
+// The C API's code for each error class (the most derived class first: a subclass keeps its own code).
+int status_of(const std::exception& e) {
+  if (dynamic_cast<const planforge::ManifestError*>(&e)) return PF_MANIFEST_ERROR;
+  if (dynamic_cast<const planforge::InvalidGenerationConfigError*>(&e)) return PF_INVALID_CONFIG;
+  if (dynamic_cast<const planforge::EngineDirError*>(&e)) return PF_ENGINE_ERROR;
+  if (dynamic_cast<const planforge::EngineMismatchError*>(&e)) return PF_ENGINE_MISMATCH;
+  if (dynamic_cast<const planforge::PluginVersionError*>(&e)) return PF_PLUGIN_MISMATCH;
+  if (dynamic_cast<const planforge::PromptTooLongError*>(&e)) return PF_PROMPT_TOO_LONG;
+  if (dynamic_cast<const planforge::InvalidPromptError*>(&e)) return PF_INVALID_PROMPT;
+  if (dynamic_cast<const planforge::BackendUnavailableError*>(&e)) return PF_BACKEND_UNAVAILABLE;
+  if (dynamic_cast<const std::invalid_argument*>(&e)) return PF_INVALID_ARGUMENT;
+  return PF_INTERNAL_ERROR;
+}
+
 template <typename Fn>
 int guarded(Fn fn) {
   try {
     fn();
     last_error.clear();
     return PF_OK;
-  } catch (const planforge::ManifestError& e) {
-    last_error = e.what();
-    return PF_MANIFEST_ERROR;
-  } catch (const planforge::InvalidGenerationConfigError& e) {
-    last_error = e.what();
-    return PF_INVALID_CONFIG;
-  } catch (const planforge::EngineDirError& e) {
-    last_error = e.what();
-    return PF_ENGINE_ERROR;
-  } catch (const planforge::EngineMismatchError& e) {
-    last_error = e.what();
-    return PF_ENGINE_MISMATCH;
-  } catch (const planforge::PluginVersionError& e) {
-    last_error = e.what();
-    return PF_PLUGIN_MISMATCH;
-  } catch (const planforge::PromptTooLongError& e) {
-    last_error = e.what();
-    return PF_PROMPT_TOO_LONG;
-  } catch (const planforge::InvalidPromptError& e) {
-    last_error = e.what();
-    return PF_INVALID_PROMPT;
-  } catch (const planforge::BackendUnavailableError& e) {
-    last_error = e.what();
-    return PF_BACKEND_UNAVAILABLE;
-  } catch (const std::invalid_argument& e) {
-    last_error = e.what();
-    return PF_INVALID_ARGUMENT;
   } catch (const std::exception& e) {
     last_error = e.what();
-    return PF_INTERNAL_ERROR;
+    return status_of(e);
   }
 }
 
