@@ -74,14 +74,15 @@ class LowerOnnxRuntimePass(GraphPass):
     name = "lower_onnxruntime"
     expected = False  # a float model has nothing to lower; that is not a warning
 
-    def __init__(self, accuracy_level: int = 4, attention_refusal: Optional[str] = None, head_dim: int = 0):
+    def __init__(self, accuracy_level: int = 4, attention_refusal: Optional[str] = None, head_dim: int = 0,
+                 sliding_windows: tuple = ()):
         super().__init__()
         self.accuracy_level = accuracy_level
         self.ops: set[str] = set()
         self.fused: list[list[str]] = []
         self.fused_norms = 0
         # GroupQueryAttention needs the model-level contract of ort_attention; None: try every layer
-        self.attention_refusal, self.head_dim = attention_refusal, head_dim
+        self.attention_refusal, self.head_dim, self.sliding_windows = attention_refusal, head_dim, sliding_windows
         self.attention_layers = 0
 
     @classmethod
@@ -94,7 +95,7 @@ class LowerOnnxRuntimePass(GraphPass):
         manifest = context.manifest
         refusal = ("the streaming cache (sinks + rolling window) keeps its own Attention" if options.streaming
                    else ort_attention.why_not_lowerable(manifest))
-        return cls(options.accuracy_level, refusal, manifest.dims.head_dim)
+        return cls(options.accuracy_level, refusal, manifest.dims.head_dim, tuple(manifest.sliding_windows))
 
     def settings(self) -> dict:
         return {"accuracy_level": self.accuracy_level, "fused": self.fused, "residual_norms": self.fused_norms,
@@ -134,8 +135,14 @@ class LowerOnnxRuntimePass(GraphPass):
         mask = next((v for v in graph.inputs if v.name == constants.ATTENTION_MASK), None)
         if why is None and mask is None:
             why = "the graph has no attention_mask input"
+        windowed = any(window is not None for window in self.sliding_windows)
+        if why is None and windowed and len(nodes) != len(self.sliding_windows):
+            why = f"{len(nodes)} Attention nodes for {len(self.sliding_windows)} layers' windows"
         sites = [] if why else [ort_attention.match(node, graph, self.head_dim) for node in nodes]
         refused = [site for site in sites if isinstance(site, str)]
+        if windowed and not refused:
+            for site, window in zip(sites, self.sliding_windows):  # graph order is layer order
+                site.window = window
         if why or refused:
             self.refuse(f"attention stays Attention: {why or refused[0]}")
             return 0

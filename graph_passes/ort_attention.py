@@ -22,9 +22,11 @@ The contract changes with it (``manifest.io["past_present_share_buffer"]``): eac
 a (batch, kv_heads, max_sequence, head_dim) buffer that holds sequence b's tokens in slots
 [0, Σ mask[b]), present is the same buffer, and position_ids are those slots (the rotation happens
 inside the kernel, at slot positions). So the lowering applies only where that is the model's
-semantics: no attention sinks or rolling window (``--streaming``), no sliding-window layers,
-no attention inside the contextual-sparsity branches. Anything else keeps ``Attention``, and the
-report says why.
+semantics: no attention sinks or rolling window (``--streaming``), no attention inside the
+contextual-sparsity branches. Anything else keeps ``Attention``, and the report says why. A
+sliding-window layer (``manifest.sliding_windows``) keeps its window as the kernel's
+``local_window_size``; layers are matched to their windows in graph order, which is layer order
+(each layer reads the previous one's output).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from planforge.manifest import Manifest
 
 MS_DOMAIN = "com.microsoft"
 # The Attention attributes the rewrite carries over; any other (softcap, is_causal, ...) keeps the layer.
-KNOWN_ATTRIBUTES = {"q_num_heads", "kv_num_heads", "scale"}
+KNOWN_ATTRIBUTES = {"q_num_heads", "kv_num_heads", "scale", "softcap"}
 MAX_SEQUENCE = "max_sequence"  # the symbolic length of a shared cache buffer in the graph's I/O
 
 
@@ -54,6 +56,7 @@ class AttentionSite:
     cos: Optional[ir.Value]  # None: no rotary (do_rotary=0)
     sin: Optional[ir.Value]
     interleaved: int
+    window: Optional[int] = None  # the layer's sliding window (manifest.sliding_windows), in tokens
 
 
 def _int_attr(node: ir.Node, name: str, default: int = 0) -> int:
@@ -102,8 +105,6 @@ def why_not_lowerable(manifest: Manifest) -> Optional[str]:
     """The model-level reason the shared-buffer contract cannot hold, or None."""
     if manifest.streaming:
         return "the streaming cache (sinks + rolling window) keeps its own Attention"
-    if any(window is not None for window in manifest.sliding_windows):
-        return "sliding-window layers keep Attention (GroupQueryAttention's local window is not mapped yet)"
     return None
 
 
@@ -157,8 +158,13 @@ def rewrite(graph: ir.Graph, site: AttentionSite, seqlens: ir.Value, total: ir.V
     node = site.node
     attributes = {"num_heads": _int_attr(node, "q_num_heads"), "kv_num_heads": _int_attr(node, "kv_num_heads"),
                   "do_rotary": int(site.cos is not None), "rotary_interleaved": site.interleaved}
-    if "scale" in node.attributes:
-        attributes["scale"] = node.attributes["scale"].as_float()
+    for name in ("scale", "softcap"):  # softcap: c·tanh(scores / c) before the softmax, in both ops
+        if name in node.attributes:
+            attributes[name] = node.attributes[name].as_float()
+    if site.window is not None:
+        # the exported mask shows a query the keys at positions (q - W, q], W of them with itself, and so does the
+        # kernel's local window of W (tested against the portable graph past the window)
+        attributes["local_window_size"] = site.window
     b = NodeBuilder(graph, node.name)
     outputs = b.op("GroupQueryAttention", [site.query, site.key, site.value, node.inputs[4], node.inputs[5],
                                            seqlens, total, site.cos, site.sin],

@@ -77,6 +77,39 @@ def test_prefill_and_decode_follow_the_portable_graph(lowered, family):
     np.testing.assert_allclose(got, ref, atol=FLOAT32_BOUND * float(np.abs(ref).max()), rtol=0)
 
 
+def test_a_sliding_window_becomes_the_kernels_local_window(lowered):
+    """Mistral's window of 8 over 20 tokens: the prefill and every decode step past the window."""
+    portable, ort = lowered("mistral")
+    windows = Manifest.load(ort).sliding_windows
+    assert windows and all(w == 8 for w in windows)
+    graph = onnx.load(str(ort / "model.onnx")).graph
+    local = [a.i for n in graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute
+             if a.name == "local_window_size"]
+    assert local == [8] * len(windows)  # keys (q - 8, q]: the query and the 7 before it
+    ids = np.random.default_rng(7).integers(1, 300, (2, 20))
+    ref = run_steps(open_backend(portable), ids, 12)
+    got = run_steps(open_backend(ort), ids, 12)
+    np.testing.assert_allclose(got, ref, atol=FLOAT32_BOUND * float(np.abs(ref).max()), rtol=0)
+    prompts = [[5, 9, 17, 3, 44, 8, 12, 31, 6, 90, 4, 2], [7, 2, 11]]  # one beyond the window, left-padded
+    config = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    assert Generator(open_backend(ort)).generate(prompts, config).tokens == \
+        Generator(open_backend(portable)).generate(prompts, config).tokens
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "granite", "smollm3", "gemma", "gemma2", "gemma3", "phi3",
+                                    "seed_oss", "opt"])
+def test_every_family_lowers_and_follows_the_portable_graph(lowered, family):
+    """GQA with one KV head, head_dim != hidden / heads and q/k norms, scaled attention, a layer without rotary
+    (NoPE), attention softcapping, alternating sliding and full layers, attention biases, learned positions."""
+    portable, ort = lowered(family)
+    manifest = Manifest.load(ort)
+    assert manifest.passes[-1]["settings"]["group_query_attention"] == manifest.dims.num_layers
+    ids = np.random.default_rng(7).integers(1, 200, (2, 16))
+    ref = run_steps(open_backend(portable), ids, 10)
+    got = run_steps(open_backend(ort), ids, 10)
+    np.testing.assert_allclose(got, ref, atol=FLOAT32_BOUND * float(np.abs(ref).max()), rtol=0)
+
+
 def test_the_kernel_writes_the_bound_buffers_in_place(lowered):
     portable, ort = lowered("llama")
     backend = open_backend(ort)
