@@ -51,7 +51,6 @@ from planforge.manifest import Manifest
 
 MS_DOMAIN = "com.microsoft"
 MIN_ONNXRUNTIME = "1.22"  # MatMulNBits accuracy_level 4 and GatherBlockQuantized with bits on the CPU provider
-INTEGER_GEMM = "MatMulIntegerToFloat"  # the node name too: tests read its output
 NBITS_BLOCKS = (16, 32, 64, 128, 256, 512, 1024, 2048)  # block sizes MatMulNBits takes (powers of two >= 16)
 
 
@@ -93,8 +92,7 @@ class LowerOnnxRuntimePass(GraphPass):
             raise QuantizationError(f"--accuracy-level {options.accuracy_level} is not one of "
                                     f"{', '.join(map(str, ACCURACY_LEVELS))} (4: int8 activations, 1: float32).")
         manifest = context.manifest
-        refusal = ("the streaming cache (sinks + rolling window) keeps its own Attention" if options.streaming
-                   else ort_attention.why_not_lowerable(manifest))
+        refusal = ort_attention.why_not_lowerable(manifest, streaming=options.streaming is not None)
         return cls(options.accuracy_level, refusal, manifest.dims.head_dim, tuple(manifest.sliding_windows))
 
     def settings(self) -> dict:
@@ -135,14 +133,13 @@ class LowerOnnxRuntimePass(GraphPass):
         mask = next((v for v in graph.inputs if v.name == constants.ATTENTION_MASK), None)
         if why is None and mask is None:
             why = "the graph has no attention_mask input"
-        windowed = any(window is not None for window in self.sliding_windows)
-        if why is None and windowed and len(nodes) != len(self.sliding_windows):
-            why = f"{len(nodes)} Attention nodes for {len(self.sliding_windows)} layers' windows"
-        sites = [] if why else [ort_attention.match(node, graph, self.head_dim) for node in nodes]
+        windows = self.sliding_windows or (None,) * len(nodes)
+        if why is None and len(nodes) != len(windows):
+            why = f"{len(nodes)} Attention nodes for {len(windows)} layers' windows"
+        # graph order is layer order (each layer reads the previous one's output)
+        sites = [] if why else [ort_attention.match(node, graph, self.head_dim, window)
+                                for node, window in zip(nodes, windows)]
         refused = [site for site in sites if isinstance(site, str)]
-        if windowed and not refused:
-            for site, window in zip(sites, self.sliding_windows):  # graph order is layer order
-                site.window = window
         if why or refused:
             self.refuse(f"attention stays Attention: {why or refused[0]}")
             return 0

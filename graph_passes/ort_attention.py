@@ -101,15 +101,17 @@ def _graph_output(value: ir.Value) -> Optional[tuple[ir.Value, Optional[ir.Node]
     return None
 
 
-def why_not_lowerable(manifest: Manifest) -> Optional[str]:
-    """The model-level reason the shared-buffer contract cannot hold, or None."""
-    if manifest.streaming:
+def why_not_lowerable(manifest: Manifest, streaming: bool = False) -> Optional[str]:
+    """The model-level reason the shared-buffer contract cannot hold (``streaming``: this optimize adds the
+    streaming cache), or None."""
+    if streaming or manifest.streaming:
         return "the streaming cache (sinks + rolling window) keeps its own Attention"
     return None
 
 
-def match(node: ir.Node, graph: ir.Graph, head_dim: int) -> AttentionSite | str:
-    """The rewrite of one main-graph ``Attention`` node, or why it stays."""
+def match(node: ir.Node, graph: ir.Graph, head_dim: int, window: Optional[int] = None) -> AttentionSite | str:
+    """The rewrite of one main-graph ``Attention`` node of a layer with sliding ``window`` (or none), or why it
+    stays."""
     extra = set(node.attributes) - KNOWN_ATTRIBUTES
     if extra:
         return f"{node.name}: attributes {sorted(extra)} have no GroupQueryAttention mapping"
@@ -138,8 +140,8 @@ def match(node: ir.Node, graph: ir.Graph, head_dim: int) -> AttentionSite | str:
     heads, kv_heads = _int_attr(node, "q_num_heads"), _int_attr(node, "kv_num_heads")
     packed = _packed(q, k, v, heads * head_dim, kv_heads * head_dim)
     if packed is not None:
-        return AttentionSite(node, packed, None, None, cos, sin, interleaved)
-    return AttentionSite(node, q, k, v, cos, sin, interleaved)
+        return AttentionSite(node, packed, None, None, cos, sin, interleaved, window)
+    return AttentionSite(node, q, k, v, cos, sin, interleaved, window)
 
 
 def sequence_lengths(graph: ir.Graph, mask: ir.Value) -> tuple[ir.Value, ir.Value]:

@@ -22,6 +22,7 @@ Two cache contracts, by the graph:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -236,18 +237,14 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
         self._session._sess.run_with_iobinding(binding, None)
         return logits[:, -1:] if last_only and S > 1 else logits
 
+
 def _c_api():
     from onnxruntime.capi import _pybind_state
 
     return _pybind_state
 
 
-_CPU_DEVICE = None
-
-
+@functools.cache
 def _cpu_device():
-    global _CPU_DEVICE
-    if _CPU_DEVICE is None:
-        C = _c_api()
-        _CPU_DEVICE = C.OrtDevice(C.OrtDevice.cpu(), C.OrtDevice.default_memory(), 0)
-    return _CPU_DEVICE
+    C = _c_api()
+    return C.OrtDevice(C.OrtDevice.cpu(), C.OrtDevice.default_memory(), 0)
