@@ -2,8 +2,8 @@
 
 The reference is the portable graph on ONNX Runtime (opset-23 ``Attention`` and its concat cache). The
 lowered graph runs through the ONNX Runtime backend's shared-buffer path (buffers bound once, written
-in place). Float32 logits agree to float32 rounding (the two kernels sum in different orders; measured
-8e-7 of the logits' range on the reference model), so the bound is 1e-5 of the range.
+in place). Float32 logits agree to float32 rounding (the two kernels sum in different orders), so the
+bound is 1e-5 of the range.
 """
 
 import json
