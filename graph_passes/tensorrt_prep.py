@@ -3,6 +3,9 @@
 It runs after the plugin lowering, on the graph the torch backend runs, and changes only
 what TensorRT needs on each ``planforge`` node:
 
+- the sparse ops, whose fastest form is several launches, become one op per launch, because an
+  AOT plugin is one kernel: ``SparseMLP`` -> ``SparseMLPGateUp`` + ``SparseMLPDown``, and
+  ``SparseHeadsAttention`` -> ``SparseHeadsQProj`` + ``SparseHeadsAttend`` + ``SparseHeadsOProj``;
 - ``aot=1`` on the ops whose TensorRT plugin has an AOT implementation, which makes TensorRT
   embed their kernels rather than call back into Python;
 - every omitted optional input (no rotary tables, no q bias) becomes a one-element
@@ -21,6 +24,8 @@ import onnx_ir as ir
 
 from planforge.errors import LoweringError
 from planforge.graph_passes.base import GraphPass, PassContext
+from planforge.graph_passes.node_builder import NodeBuilder
+from planforge.graph_passes.plugin_nodes import plugin
 from planforge.manifest import Manifest
 from planforge.plugins import DOMAIN
 from planforge.plugins.registry import AOT_ATTRIBUTE, plugin_op, presence_attribute
@@ -34,8 +39,10 @@ class PrepareTensorRTPass(GraphPass):
     name = "prepare_tensorrt"
     expected = True
 
-    def __init__(self):
+    def __init__(self, head_dim: int, group: int):
         super().__init__()
+        self.head_dim, self.group = head_dim, group  # D and Hq / Hkv, for the split sparse-heads ops
+        self.split_nodes = 0
         self._placeholders: dict[ir.DataType, ir.Value] = {}
         self._root: Optional[ir.Graph] = None
         self.aot_nodes = 0
@@ -49,16 +56,21 @@ class PrepareTensorRTPass(GraphPass):
             raise LoweringError(f"--target tensorrt needs a float16 or bfloat16 model (this one is {dtype}): the "
                                 "plugins' kernels take those. Export it with `planforge export MODEL -o OUT --dtype "
                                 "bf16` (or fp16), then build that.")
-        return cls()
+        return cls(context.manifest.dims.head_dim, context.manifest.dims.num_heads // context.manifest.dims.num_kv_heads)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._root = model.graph
         return super().call(model)
 
     def settings(self) -> dict:
-        return {"aot_nodes": self.aot_nodes, "python_nodes": self.matches - self.aot_nodes}
+        return {"aot_nodes": self.aot_nodes, "python_nodes": self.matches - self.aot_nodes,
+                "split_nodes": self.split_nodes}
 
     def rewrite_graph(self, graph: ir.Graph) -> int:
+        for node in list(graph):
+            if node.domain == DOMAIN and node.op_type in _SPLITS:
+                getattr(self, _SPLITS[node.op_type])(graph, node)
+                self.split_nodes += 1
         count = 0
         for node in graph:
             if node.domain != DOMAIN:
@@ -84,6 +96,25 @@ class PrepareTensorRTPass(GraphPass):
         super().record(manifest)
         manifest.target = TARGET
 
+    def _split_sparse_mlp(self, graph: ir.Graph, node: ir.Node) -> None:
+        x, w_gate, w_up, w_down_t, neurons = node.inputs
+        b = NodeBuilder(graph, node.name)
+        h = plugin(b, "SparseMLPGateUp", [x, w_gate, w_up, neurons], "SparseMLPGateUp")
+        h.type, h.shape = ir.TensorType(ir.DataType.FLOAT), neurons.shape
+        _replace(graph, node, b, plugin(b, "SparseMLPDown", [h, w_down_t, neurons], "SparseMLPDown"))
+
+    def _split_sparse_heads(self, graph: ir.Graph, node: ir.Node) -> None:
+        inputs = list(node.inputs) + [None] * (10 - len(node.inputs))
+        x, w_q, w_o, k_cache, v_cache, seq_lens, heads, b_q, cos, sin = inputs
+        scale = node.attributes["scale"].value if "scale" in node.attributes else 0.0
+        b = NodeBuilder(graph, node.name)
+        q = plugin(b, "SparseHeadsQProj", [x, w_q, heads, b_q, cos, sin], "SparseHeadsQProj", head_dim=self.head_dim)
+        attn = plugin(b, "SparseHeadsAttend", [q, k_cache, v_cache, seq_lens, heads], "SparseHeadsAttend",
+                      scale=float(scale), group=self.group)
+        for value in (q, attn):
+            value.type = x.type
+        _replace(graph, node, b, plugin(b, "SparseHeadsOProj", [attn, w_o, heads], "SparseHeadsOProj"))
+
     def _placeholder(self, dtype: ir.DataType) -> ir.Value:
         """One one-element initializer per dtype on the main graph (subgraphs read it from outer scope)."""
         if dtype not in self._placeholders:
@@ -94,6 +125,18 @@ class PrepareTensorRTPass(GraphPass):
             self._root.register_initializer(value)
             self._placeholders[dtype] = value
         return self._placeholders[dtype]
+
+
+_SPLITS = {"SparseMLP": "_split_sparse_mlp", "SparseHeadsAttention": "_split_sparse_heads"}
+
+
+def _replace(graph: ir.Graph, node: ir.Node, b: NodeBuilder, y: ir.Value) -> None:
+    """``b``'s nodes take ``node``'s place, ``y`` its one output."""
+    old = node.outputs[0]
+    y.type, y.shape = old.type, old.shape
+    graph.insert_before(node, b.nodes)
+    old.replace_all_uses_with(y, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
 
 
 def _placeholder_dtype(node: ir.Node, schema, spec) -> ir.DataType:

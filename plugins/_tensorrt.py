@@ -11,13 +11,16 @@ Two forms of plugin, chosen per op:
 - **AOT** (``@trtp.aot_impl``): one Triton kernel compiled to PTX (``plugins/aot.py``), embedded
   in the engine; the engine then runs from C++ with no Python. TensorRT launches one kernel per
   plugin, so this is for the ops whose implementation is one launch: ``KVCacheUpdate``,
-  ``QuikQuantize``, ``QuikMatMul``, and the attention ops in a one-launch form (decode without its
-  split-K merge, prefill reading through pointers rather than host-made TMA descriptors).
+  ``QuikQuantize``, ``QuikMatMul``, the attention ops in a one-launch form (decode without its
+  split-K merge, prefill reading through pointers rather than host-made TMA descriptors), and the
+  one-launch steps of the sparse ops (``SparseMLPGateUp``/``SparseMLPDown``,
+  ``SparseHeadsQProj``/``SparseHeadsAttend``/``SparseHeadsOProj``).
 - **Python** (``@trtp.impl``): the op's torch implementation (its Triton kernels on CUDA) runs on
   TensorRT's stream. Every op has one; it is the only form of ``SparseMLP`` (zeroed float32
   accumulator, atomics, cast) and ``SparseHeadsAttention`` (projection, attention, output
-  projection, sum), which launch several kernels. An engine with these needs Python at run time;
-  ``build --target tensorrt`` records which ops are which in the manifest.
+  projection, sum), which launch several kernels. The TensorRT graph preparation splits those two
+  into their steps, so a prepared graph has AOT plugins only; ``build --target tensorrt`` records
+  each op's form in the manifest.
 
 TensorRT passes a plugin every input, so an omitted optional input of the ONNX contract
 reaches the plugin as a one-element placeholder with ``has_<input>=0`` (the TensorRT graph

@@ -196,15 +196,17 @@ def decode_split_kernel(Q, K, V, L, Opart, LSEpart, GROUPS, qk_scale, Hq, NG,
                         sqb, sqh, skb, skh, sks, svb, svh, svs,
                         NUM_SPLITS: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
                         HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GROUPS: tl.constexpr,
-                        TMA: tl.constexpr = False, STORE_LSE: tl.constexpr = True):
-    # NG KV groups per sequence: all Hkv heads, or the selected ones listed in GROUPS (B, NG).
+                        TMA: tl.constexpr = False, STORE_LSE: tl.constexpr = True,
+                        GROUP_DIV: tl.constexpr = 1):
+    # NG KV groups per sequence: all Hkv heads, or the selected ones listed in GROUPS (B, NG) as KV heads
+    # times GROUP_DIV (sparse_heads lists its selected query heads there, GROUP_DIV = Hq / Hkv).
     # TMA: K and V are 4-D descriptors over the caches (B, Hkv, Smax, D) instead of pointers.
     split = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // NG
     slot = bh % NG  # query heads slot*G ... slot*G + G-1
     if HAS_GROUPS:
-        hkv = tl.load(GROUPS + bh)
+        hkv = tl.load(GROUPS + bh) // GROUP_DIV
     else:
         hkv = slot
     seqlen = tl.load(L + b)
@@ -355,11 +357,12 @@ DECODE_CONFIG = (64, 4, 3, False)  # (+ TMA descriptors for K/V)
 
 
 def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 0,
-           groups: torch.Tensor | None = None, config=None) -> torch.Tensor:
+           groups: torch.Tensor | None = None, config=None, group_div: int = 1) -> torch.Tensor:
     """Triton split-K decode attention; see reference.attention_decode.
 
-    With ``groups (B, h) int32``, only KV heads ``groups[b]`` are used and q holds their
-    query heads only: q ``(B, h * Hq_per_kv, D)`` (used by sparse_heads).
+    With ``groups (B, h) int32``, only KV heads ``groups[b] // group_div`` are used and q holds
+    their query heads only: q ``(B, h * Hq_per_kv, D)`` (sparse_heads passes its selected query
+    heads with ``group_div = Hq / Hkv``).
     """
     _check_common(q, k_cache, v_cache)
     B, Hq, D = q.shape
@@ -383,7 +386,7 @@ def decode(q, k_cache, v_cache, seq_lens, scale: float = 0.0, num_splits: int = 
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_SPLITS=splits, G=g, G_PAD=max(16, next_pow2(g)), HEAD_D=D, HAS_GROUPS=groups is not None,
-        BLOCK_N=block_n, TMA=tma, num_warps=warps, num_stages=stages,
+        BLOCK_N=block_n, TMA=tma, GROUP_DIV=group_div, num_warps=warps, num_stages=stages,
     )
     o = torch.empty_like(q)
     decode_combine_kernel[(B * Hq,)](

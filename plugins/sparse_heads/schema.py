@@ -30,3 +30,59 @@ SPARSE_HEADS = OpSchema(
     "so a selection may change from token to token. v3: per-query-head selection, caches written outside, "
     "weights in the graph's MatMul row layout, optional q bias and rotary.",
 )
+
+
+# SparseHeadsAttention in three launches, each one TensorRT AOT kernel: the TensorRT graph preparation
+# (graph_passes/tensorrt_prep.py) splits every SparseHeadsAttention node into these.
+SPARSE_HEADS_Q = OpSchema(
+    name="SparseHeadsQProj",
+    version=1,
+    torch_op="sparse_heads_q_proj",
+    tensorrt_aot=True,
+    inputs=(
+        TensorSpec("x", FLOAT, "[B, d]"),
+        TensorSpec("w_q", FLOAT, "[Hq*D, d]", doc="a head's D rows contiguous"),
+        TensorSpec("heads", ("int32",), "[B, h]"),
+        TensorSpec("b_q", FLOAT, "[Hq*D]", optional=True),
+        TensorSpec("cos", ("float32",), "[B, head_dim/2]", optional=True),
+        TensorSpec("sin", ("float32",), "[B, head_dim/2]", optional=True),
+    ),
+    outputs=(TensorSpec("q", FLOAT, "[B, h, head_dim]", doc="the selected heads' queries, rotated"),),
+    attributes=(AttrSpec("head_dim", "int", 0, "D"),),
+    doc="SparseHeadsAttention's first step: q of the selected heads, accumulated in float32 (plus the "
+    "bias), rounded to x's dtype, rotated in float32 and rounded again.",
+)
+
+SPARSE_HEADS_ATTEND = OpSchema(
+    name="SparseHeadsAttend",
+    version=1,
+    torch_op="sparse_heads_attend",
+    tensorrt_aot=True,
+    inputs=(
+        TensorSpec("q", FLOAT, "[B, h, D]"),
+        TensorSpec("k_cache", FLOAT, "[B, Hkv, C, D]"),
+        TensorSpec("v_cache", FLOAT, "[B, Hkv, C, D]"),
+        TensorSpec("seq_lens", ("int32",), "[B]"),
+        TensorSpec("heads", ("int32",), "[B, h]"),
+    ),
+    outputs=(TensorSpec("attn", FLOAT, "[B, h, D]"),),
+    attributes=(AttrSpec("scale", "float", 0.0, "softmax scale; 0 means 1/sqrt(D)"),
+                AttrSpec("group", "int", 1, "query heads per KV head, Hq / Hkv")),
+    doc="SparseHeadsAttention's second step: slot i of sequence b attends over cache entries "
+    "[0, seq_lens[b]) of KV head heads[b, i] // group; the output is rounded to q's dtype.",
+)
+
+SPARSE_HEADS_O = OpSchema(
+    name="SparseHeadsOProj",
+    version=1,
+    torch_op="sparse_heads_o_proj",
+    tensorrt_aot=True,
+    inputs=(
+        TensorSpec("attn", FLOAT, "[B, h, D]"),
+        TensorSpec("w_o", FLOAT, "[Hq*D, d]"),
+        TensorSpec("heads", ("int32",), "[B, h]"),
+    ),
+    outputs=(TensorSpec("y", FLOAT, "[B, d]"),),
+    doc="SparseHeadsAttention's last step: y[b] = sum over slots i of attn[b, i] . w_o[heads[b, i] D : +D], "
+    "float32 accumulation, rounded once to attn's dtype.",
+)

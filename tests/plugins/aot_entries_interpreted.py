@@ -17,6 +17,10 @@ from planforge.plugins.fused_attention import kernel as attn_kernel, reference a
 from planforge.plugins.fused_attention import tensorrt as attn_plugin  # noqa: E402
 from planforge.plugins.kv_cache_update import kernel as kv_kernel, reference as kv_ref  # noqa: E402
 from planforge.plugins.kv_cache_update import tensorrt as kv_plugin  # noqa: E402
+from planforge.plugins.sparse_heads import kernel as heads_kernel, reference as heads_ref  # noqa: E402
+from planforge.plugins.sparse_heads import tensorrt as heads_plugin  # noqa: E402
+from planforge.plugins.sparse_mlp import kernel as mlp_kernel, reference as mlp_ref  # noqa: E402
+from planforge.plugins.sparse_mlp import tensorrt as mlp_plugin  # noqa: E402
 from planforge.plugins.w4a4_gemm import kernel as quik_kernel, reference as quik_ref  # noqa: E402
 from planforge.plugins.w4a4_gemm import tensorrt as quik_plugin  # noqa: E402
 
@@ -89,7 +93,56 @@ def attention(window: int, sinks: int) -> None:
     torch.testing.assert_close(out.float(), want, rtol=0, atol=2e-3)
 
 
+def sparse_mlp() -> None:
+    g = torch.Generator().manual_seed(5)
+    B, d, F, k = 2, 40, 50, 13  # k and d not multiples of the tiles: the masks are exercised
+    x = torch.randn(B, d, generator=g).half()
+    w_gate, w_up, w_down_t = ((torch.randn(F, d, generator=g) * 0.3).half() for _ in range(3))
+    neurons = torch.stack([torch.randperm(F, generator=g)[:k] for _ in range(B)]).to(torch.int32)
+    h = torch.full((B, k), float("nan"))
+    mlp_kernel.gate_up_entry[mlp_plugin.gate_up_grid(B, k)](x, w_gate, w_up, neurons, d, k, h,
+                                                            BLOCK_J=mlp_kernel.GATE_UP_CONFIG[0], BLOCK_D=16)
+    want_h = mlp_ref.gate_up(x, w_gate, w_up, neurons)
+    torch.testing.assert_close(h, want_h, rtol=1e-5, atol=1e-5)
+    y = torch.full((B, d), float("nan")).half()
+    mlp_kernel.down_entry[mlp_plugin.down_grid(B, d, 16)](want_h, w_down_t, neurons, d, k, y, BLOCK_J=8, BLOCK_O=16)
+    torch.testing.assert_close(y.float(), mlp_ref.down(want_h, w_down_t, neurons).float(), rtol=2e-3, atol=2e-3)
+
+
+def sparse_heads(bias: bool, rotary: bool) -> None:
+    g = torch.Generator().manual_seed(bias * 2 + rotary)
+    B, Hq, Hkv, D, h, d, C = 2, 4, 2, 16, 3, 64, 20
+    x = torch.randn(B, d, generator=g).half()
+    w_q, w_o = ((torch.randn(Hq * D, d, generator=g) * 0.2).half() for _ in range(2))
+    b_q = torch.randn(Hq * D, generator=g).half()
+    cos, sin = (torch.randn(B, D // 2, generator=g) for _ in range(2))
+    heads = torch.tensor([[3, 0, 1], [2, 1, 3]], dtype=torch.int32)
+    kc, vc = (torch.randn(B, Hkv, C, D, generator=g).half() for _ in range(2))
+    lengths = torch.tensor([5, 20], dtype=torch.int32)
+    placeholder = torch.zeros(1)
+    q = torch.full((B, h, D), float("nan")).half()
+    heads_kernel.q_kernel[heads_plugin.q_grid(B, h, D)](
+        x, w_q, heads, b_q if bias else placeholder.half(), cos if rotary else placeholder,
+        sin if rotary else placeholder, d, h, q, HAS_BIAS=bias, ROTARY=rotary, HALF=D // 2, RH=heads_kernel.RH,
+        BLOCK_D=32)
+    want_q = heads_ref.q_proj(x, w_q, heads, b_q if bias else None, cos if rotary else None,
+                              sin if rotary else None, D)
+    torch.testing.assert_close(q.float(), want_q.float(), rtol=0, atol=2e-3)
+    attn = torch.full_like(q, float("nan"))
+    heads_kernel.attend_entry[heads_plugin.attend_grid(B, h)](
+        want_q, kc, vc, lengths, heads, *heads_plugin.attend_scalar_values(q.shape, kc.shape), attn,
+        QK_SCALE=attn_kernel._qk_scale(0.0, D), GROUP=Hq // Hkv, HEAD_D=D, BLOCK_N=16)
+    want_attn = heads_ref.attend(want_q, kc, vc, lengths, heads, 0.0, Hq // Hkv)
+    torch.testing.assert_close(attn.float(), want_attn.float(), rtol=0, atol=2e-3)
+    y = torch.full((B, d), float("nan")).half()
+    heads_kernel.oproj_entry[heads_plugin.o_grid(B, d, 16)](want_attn, w_o, heads, d, h, y, D=D, BLOCK_O=16)
+    torch.testing.assert_close(y.float(), heads_ref.o_proj(want_attn, w_o, heads).float(), rtol=2e-3, atol=2e-3)
+
+
 if __name__ == "__main__":
+    sparse_mlp()
+    for bias, rotary in ((False, True), (True, False)):
+        sparse_heads(bias, rotary)
     for window, sinks in ((0, 0), (9, 3)):
         attention(window, sinks)
     for rolling, rotary in ((0, True), (1, False), (1, True)):

@@ -78,3 +78,9 @@ def test_kernel_matches_reference(dtype, B, d, Hq, Hkv, D, h, bias):
     # float32 accumulations in a different order; q and the attention rounded to dtype at the same points
     tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=4e-3, rtol=1e-2)
     torch.testing.assert_close(got.float(), want.float(), **tol)
+    # the three steps TensorRT's graph runs as separate ops (SparseHeadsQProj, SparseHeadsAttend, SparseHeadsOProj)
+    ops = torch.ops.planforge
+    q = ops.sparse_heads_q_proj(x, w_q, heads, b_q, cos, sin, D)
+    steps = ops.sparse_heads_o_proj(ops.sparse_heads_attend(q, k_cache, v_cache, lens, heads, 0.0, Hq // Hkv), w_o,
+                                    heads)
+    torch.testing.assert_close(steps.float(), want.float(), **tol)

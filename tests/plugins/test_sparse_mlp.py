@@ -46,3 +46,10 @@ def test_kernel_matches_reference(dtype, B, d, F, k):
     # both accumulate in float32 (different order) and round once to the output dtype
     eps = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
     torch.testing.assert_close(got.float(), want.float(), rtol=2 * eps, atol=2 * eps * want.abs().max().item())
+    # the two halves TensorRT's graph runs as separate ops (SparseMLPGateUp, SparseMLPDown): no atomics, and
+    # the same result on every run
+    ops = torch.ops.planforge
+    halves = [ops.sparse_mlp_down(ops.sparse_mlp_gate_up(x, w_gate, w_up, neurons), w_down_t, neurons)
+              for _ in range(2)]
+    torch.testing.assert_close(halves[0].float(), want.float(), rtol=2 * eps, atol=2 * eps * want.abs().max().item())
+    assert torch.equal(halves[0], halves[1])

@@ -128,7 +128,7 @@ def test_the_c_runtime_knows_planforges_plugin_op_versions(lib):
 def engine_dirs(tiny_model, tmp_path_factory):
     """Engine directories as build --target tensorrt writes them (the manifest from Python's own code), with a
     stand-in engine file: one with the real plugin forms (all AOT for a dense model), one whose attention is
-    marked as the Python plugin (as a sparse model's SparseHeadsAttention is)."""
+    marked as the Python plugin (as an unsplit SparseHeadsAttention would be)."""
     from planforge.graph_passes.api import OptimizeOptions, optimize
     from planforge.manifest import Manifest
     from planforge.plugins.registry import plugin_op

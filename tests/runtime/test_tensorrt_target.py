@@ -124,7 +124,8 @@ def test_the_prepared_dense_graph_gives_the_plugin_graphs_logits(tiny_model, tmp
 
 def test_placeholders_stand_for_omitted_inputs_in_streaming_and_sparse_graphs(tiny_model, tmp_path):
     """Streaming stores keys unrotated (KVCacheUpdate without cos/sin, rotated at every decode); a qwen2
-    sparse layer's SparseHeadsAttention has its q bias and rotary tables, so both flag values run."""
+    sparse layer's SparseHeadsAttention has its q bias and rotary tables, so both flag values run. The
+    sparse ops, split into their AOT steps, give the plugin graph's logits bit for bit (CPU references)."""
     streamed = tmp_path / "stream"
     optimize(tiny_model("llama", "bf16")[1], streamed, OptimizeOptions(streaming=StreamingOptions(2, 6),
                                                                        target="portable"))
@@ -139,9 +140,19 @@ def test_placeholders_stand_for_omitted_inputs_in_streaming_and_sparse_graphs(ti
     sparse = tmp_path / "sparse"
     optimize(dense, sparse, OptimizeOptions(sparsity=SparsityOptions(0.5, 0.5, predictor), target="portable"))
     prepared = _prepared(sparse, tmp_path / "sparse_trt")
-    heads = [n for n in _check_prepared(prepared) if n.op_type == "SparseHeadsAttention"]
+    nodes = _check_prepared(prepared)
+    heads = [n for n in nodes if n.op_type == "SparseHeadsQProj"]
     assert heads and all({a.name: a.i for a in n.attribute}["has_b_q"] == 1 and
                          {a.name: a.i for a in n.attribute}["has_cos"] == 1 for n in heads)
+    # the multi-launch sparse ops are split into one AOT op per launch: an engine without Python
+    kinds = {n.op_type for n in nodes}
+    assert not kinds & {"SparseMLP", "SparseHeadsAttention"}
+    assert {"SparseMLPGateUp", "SparseMLPDown", "SparseHeadsAttend", "SparseHeadsOProj"} <= kinds
+    settings = Manifest.load(prepared).passes[-1]["settings"]
+    assert settings["python_nodes"] == 0 and settings["split_nodes"] == len(heads) + sum(n.op_type == "SparseMLPGateUp" for n in nodes)
+    attend = next(n for n in nodes if n.op_type == "SparseHeadsAttend")
+    dims = Manifest.load(sparse).dims
+    assert {a.name: a.i for a in attend.attribute}["group"] == dims.num_heads // dims.num_kv_heads
     _same_steps(_lowered(sparse, tmp_path / "sparse_torch"), prepared)
 
 

@@ -26,8 +26,10 @@ const std::map<std::string, int>& known_plugin_ops() {
   static const std::map<std::string, int> ops = {
       {"planforge::FusedAttentionDecode", 2}, {"planforge::FusedAttentionPrefill", 2},
       {"planforge::KVCacheUpdate", 2},        {"planforge::QuikMatMul", 2},
-      {"planforge::QuikQuantize", 2},         {"planforge::SparseHeadsAttention", 3},
-      {"planforge::SparseMLP", 2},
+      {"planforge::QuikQuantize", 2},         {"planforge::SparseHeadsAttend", 1},
+      {"planforge::SparseHeadsAttention", 3}, {"planforge::SparseHeadsOProj", 1},
+      {"planforge::SparseHeadsQProj", 1},     {"planforge::SparseMLP", 2},
+      {"planforge::SparseMLPDown", 1},        {"planforge::SparseMLPGateUp", 1},
   };
   return ops;
 }
