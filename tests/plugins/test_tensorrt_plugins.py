@@ -349,7 +349,7 @@ def test_sparse_mlp_aot_payloads_match_their_launchers(trt_api, monkeypatch, dty
     pytest.importorskip("triton")
     trt, _, registry, _, _ = trt_api
     from planforge.plugins import aot
-    from planforge.plugins.sparse_mlp import kernel, tensorrt as plugin
+    from planforge.plugins.sparse_mlp import kernel
 
     F, t, torch_dtype = 11008, getattr(trt, dtype), getattr(torch, dtype)
     x, w = torch.zeros(B, d, dtype=torch_dtype), torch.zeros(F, d, dtype=torch_dtype)
