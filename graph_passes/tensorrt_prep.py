@@ -69,7 +69,7 @@ class PrepareTensorRTPass(GraphPass):
     def rewrite_graph(self, graph: ir.Graph) -> int:
         for node in list(graph):
             if node.domain == DOMAIN and node.op_type in _SPLITS:
-                getattr(self, _SPLITS[node.op_type])(graph, node)
+                _SPLITS[node.op_type](self, graph, node)
                 self.split_nodes += 1
         count = 0
         for node in graph:
@@ -104,13 +104,13 @@ class PrepareTensorRTPass(GraphPass):
         _replace(graph, node, b, plugin(b, "SparseMLPDown", [h, w_down_t, neurons], "SparseMLPDown"))
 
     def _split_sparse_heads(self, graph: ir.Graph, node: ir.Node) -> None:
-        inputs = list(node.inputs) + [None] * (10 - len(node.inputs))
-        x, w_q, w_o, k_cache, v_cache, seq_lens, heads, b_q, cos, sin = inputs
-        scale = node.attributes["scale"].value if "scale" in node.attributes else 0.0
+        node.resize_inputs(len(plugin_op(node.op_type).schema.inputs))  # trailing optional inputs as None
+        x, w_q, w_o, k_cache, v_cache, seq_lens, heads, b_q, cos, sin = node.inputs
+        scale = node.attributes.get_float("scale", 0.0)
         b = NodeBuilder(graph, node.name)
         q = plugin(b, "SparseHeadsQProj", [x, w_q, heads, b_q, cos, sin], "SparseHeadsQProj", head_dim=self.head_dim)
         attn = plugin(b, "SparseHeadsAttend", [q, k_cache, v_cache, seq_lens, heads], "SparseHeadsAttend",
-                      scale=float(scale), group=self.group)
+                      scale=scale, group=self.group)
         for value in (q, attn):
             value.type = x.type
         _replace(graph, node, b, plugin(b, "SparseHeadsOProj", [attn, w_o, heads], "SparseHeadsOProj"))
@@ -127,7 +127,9 @@ class PrepareTensorRTPass(GraphPass):
         return self._placeholders[dtype]
 
 
-_SPLITS = {"SparseMLP": "_split_sparse_mlp", "SparseHeadsAttention": "_split_sparse_heads"}
+# The multi-launch ops and how each becomes its one-launch steps.
+_SPLITS = {"SparseMLP": PrepareTensorRTPass._split_sparse_mlp,
+           "SparseHeadsAttention": PrepareTensorRTPass._split_sparse_heads}
 
 
 def _replace(graph: ir.Graph, node: ir.Node, b: NodeBuilder, y: ir.Value) -> None:

@@ -10,7 +10,6 @@ tested.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
 import pytest
@@ -19,19 +18,9 @@ import torch
 import tensorrt_double
 from planforge.errors import BackendUnavailableError
 from planforge.plugins.registry import load_tensorrt_plugins, plugin_op, plugin_ops
+from tensorrt_payloads import LaunchRecorder, aot_payload, check_payload, driver_launch, grid3, trt_api  # noqa: F401
 
 ATTR_TYPES = {"int": int, "float": float}
-
-
-@pytest.fixture(scope="module")
-def trt_api():
-    trt, trtp, registry = tensorrt_double.install()
-    try:
-        forms = load_tensorrt_plugins()
-        glue = importlib.import_module("planforge.plugins._tensorrt")
-        yield trt, trtp, registry, forms, glue
-    finally:
-        tensorrt_double.uninstall()
 
 
 def test_without_tensorrt_loading_the_plugins_says_so():
@@ -164,43 +153,6 @@ def _garbage_like(t):
 
 # ---- AOT payloads: real Triton compiles for sm_90 ---------------------------------------------------
 
-class LaunchRecorder:
-    """Stands in for a @triton.jit kernel in a Python launcher: records the grid and arguments."""
-
-    def __init__(self, real):
-        self.arg_names = list(real.arg_names)
-        self.calls = []
-
-    @property
-    def fn(self):
-        return self
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls.append((grid, dict(zip(self.arg_names, args)), kwargs))
-        return launch
-
-
-def _aot(registry, key, descs, attributes, tactic):
-    fn = registry[key]["aot_impl"]
-    kwargs = dict(attributes, outputs=())
-    if "tactic" in inspect.signature(fn).parameters:
-        kwargs["tactic"] = tactic
-    name, ptx, launch, extras = fn(*descs, **kwargs)
-    return name, ptx, (launch.grid_x, launch.grid_y, launch.grid_z), launch, [e.value for e in extras]
-
-
-def _check_payload(aot, name, ptx, n_tensors, n_scalars):
-    assert name in ptx
-    assert len(aot.ptx_params(ptx, name)) == n_tensors + n_scalars  # exactly what TensorRT passes
-    assert aot.ptx_target(ptx) == "sm_90a" and aot.ptx_isa(ptx) == "8.7"
-    aot.ptxas_check(ptx)
-
-
-def _grid3(grid):
-    return tuple(grid) + (1,) * (3 - len(grid))
-
-
 @pytest.mark.parametrize("dtype,rotary,rolling,tactic", [("float16", True, 0, 1), ("float16", False, 1, 2),
                                                          ("bfloat16", True, 1, 1)])
 def test_kv_cache_update_aot_payload_matches_its_launcher(trt_api, monkeypatch, dtype, rotary, rolling, tactic):
@@ -219,8 +171,8 @@ def test_kv_cache_update_aot_payload_matches_its_launcher(trt_api, monkeypatch, 
         tensorrt_double.TensorDesc((B,), trt.int32), tensorrt_double.TensorDesc(table.shape, trt.float32),
         tensorrt_double.TensorDesc(table.shape, trt.float32)]
     attributes = {"rolling": rolling, "sinks": sinks, "has_cos": int(rotary), "has_sin": int(rotary)}
-    name, ptx, grid, launch, extras = _aot(registry, "planforge::KVCacheUpdate", descs, attributes, tactic)
-    _check_payload(aot, name, ptx, n_tensors=7 + 2, n_scalars=len(plugin.SCALARS))
+    name, ptx, grid, launch, extras = aot_payload(registry, "planforge::KVCacheUpdate", descs, attributes, tactic)
+    check_payload(aot, name, ptx, n_tensors=7 + 2, n_scalars=len(plugin.SCALARS))
 
     recorder = LaunchRecorder(kernel.kv_update_kernel)
     monkeypatch.setattr(kernel, "kv_update_kernel", recorder)
@@ -228,7 +180,7 @@ def test_kv_cache_update_aot_payload_matches_its_launcher(trt_api, monkeypatch, 
     kernel.kv_cache_update(*caches, *new, torch.zeros(B, dtype=torch.int32), table if rotary else None,
                            table if rotary else None, rolling=bool(rolling), sinks=sinks)
     (py_grid, args, constexprs), = recorder.calls
-    assert grid == _grid3(py_grid)
+    assert grid == grid3(py_grid)
     assert extras == [args[n] for n in plugin.SCALARS]
     assert constexprs["BLOCK_S"] == plugin.TACTICS[tactic] and constexprs["ROTARY"] == rotary
     assert list(kernel.kv_update_entry.arg_names[7:7 + len(plugin.SCALARS)]) == list(plugin.SCALARS)
@@ -242,15 +194,15 @@ def test_quik_quantize_aot_payload_matches_its_launcher(trt_api, monkeypatch, bi
     from planforge.plugins.w4a4_gemm import kernel, tensorrt as plugin
 
     descs = [tensorrt_double.TensorDesc((M, K), trt.float16), tensorrt_double.TensorDesc((K,), trt.int32)]
-    name, ptx, grid, launch, extras = _aot(registry, "planforge::QuikQuantize", descs,
+    name, ptx, grid, launch, extras = aot_payload(registry, "planforge::QuikQuantize", descs,
                                            {"n_outliers": n_outliers, "bits": bits}, None)
-    _check_payload(aot, name, ptx, n_tensors=2 + 4, n_scalars=len(plugin.QUANTIZE_SCALARS))
+    check_payload(aot, name, ptx, n_tensors=2 + 4, n_scalars=len(plugin.QUANTIZE_SCALARS))
 
     recorder = LaunchRecorder(kernel.quantize_kernel)
     monkeypatch.setattr(kernel, "quantize_kernel", recorder)
     kernel.quantize(torch.zeros(M, K, dtype=torch.float16), torch.arange(K, dtype=torch.int32), n_outliers, bits)
     (py_grid, args, constexprs), = recorder.calls
-    assert grid == _grid3(py_grid)
+    assert grid == grid3(py_grid)
     assert extras == [args[n] for n in plugin.QUANTIZE_SCALARS]
 
 
@@ -266,8 +218,8 @@ def test_quik_matmul_aot_payload_matches_its_launcher(trt_api, monkeypatch, tact
     shapes = [((M, KB), trt.int8), ((M,), trt.float32), ((M,), trt.float32), ((M, KO), trt.float16),
               ((N, KB), trt.int8), ((N,), trt.float32), ((N,), trt.float32), ((N, KO), trt.float16)]
     descs = [tensorrt_double.TensorDesc(s, t) for s, t in shapes]
-    name, ptx, grid, launch, extras = _aot(registry, "planforge::QuikMatMul", descs, {"bits": bits}, tactic)
-    _check_payload(aot, name, ptx, n_tensors=8 + 1, n_scalars=len(plugin.MATMUL_SCALARS))
+    name, ptx, grid, launch, extras = aot_payload(registry, "planforge::QuikMatMul", descs, {"bits": bits}, tactic)
+    check_payload(aot, name, ptx, n_tensors=8 + 1, n_scalars=len(plugin.MATMUL_SCALARS))
 
     bm, bn, bk, group_m, swap, warps, stages = plugin.GEMM_TACTICS[tactic]
     tensors = [torch.zeros(s, dtype={trt.int8: torch.int8, trt.float32: torch.float32,
@@ -284,7 +236,7 @@ def test_quik_matmul_aot_payload_matches_its_launcher(trt_api, monkeypatch, tact
         kernel.matmul(x_q, x_scale, x_zero, x_out, w_q, w_scale, w_sum, w_out, bits)
         (py_grid, args, constexprs), = recorder.calls
         py_grid = py_grid({"BLOCK_M": bm, "BLOCK_N": bn})
-    assert grid == _grid3(py_grid)
+    assert grid == grid3(py_grid)
     assert launch.block_x == warps * 32
     assert extras == [args[n] for n in plugin.MATMUL_SCALARS]
 
@@ -300,9 +252,9 @@ def test_fused_attention_prefill_aot_payload_matches_its_launcher(trt_api, monke
     q = torch.zeros(B, Hq, Sq, D, dtype=torch.bfloat16)
     k = v = torch.zeros(B, Hkv, Skv, D, dtype=torch.bfloat16)
     descs = [tensorrt_double.TensorDesc(t.shape, trt.bfloat16) for t in (q, k, v)]
-    name, ptx, grid, launch, extras = _aot(registry, "planforge::FusedAttentionPrefill", descs,
+    name, ptx, grid, launch, extras = aot_payload(registry, "planforge::FusedAttentionPrefill", descs,
                                            {"scale": 0.0, "window": window, "sinks": sinks}, tactic)
-    _check_payload(aot, name, ptx, n_tensors=3 + 1, n_scalars=len(plugin.PREFILL_SCALARS))
+    check_payload(aot, name, ptx, n_tensors=3 + 1, n_scalars=len(plugin.PREFILL_SCALARS))
     values = dict(zip(plugin.PREFILL_SCALARS, extras))
     assert [values[n] for n in ("sqb", "sqh", "sqs", "skb", "skh", "sks")] == [*q.stride()[:3], *k.stride()[:3]]
 
@@ -311,7 +263,7 @@ def test_fused_attention_prefill_aot_payload_matches_its_launcher(trt_api, monke
     bm, bn, warps, stages = plugin.PREFILL_TACTICS[tactic]
     kernel.prefill(q, k, v, 0.0, window, sinks, config=(bm, bn, warps, stages))
     (py_grid, args, constexprs), = recorder.calls
-    assert grid == _grid3(py_grid) and launch.block_x == warps * 32
+    assert grid == grid3(py_grid) and launch.block_x == warps * 32
     assert [values[n] for n in ("Sq", "Skv", "Hq", "G", "window", "sinks", "sob", "soh", "sos")] == \
         [args[n] for n in ("Sq", "Skv", "Hq", "G", "window", "sinks", "sob", "soh", "sos")]
     assert constexprs["WINDOWED"] == (window > 0) and constexprs["BLOCK_M"] == bm
@@ -330,8 +282,8 @@ def test_fused_attention_decode_aot_payload_matches_its_launcher(trt_api, monkey
     lengths = torch.ones(B, dtype=torch.int32)
     descs = [tensorrt_double.TensorDesc(q.shape, trt.bfloat16), tensorrt_double.TensorDesc(cache.shape, trt.bfloat16),
              tensorrt_double.TensorDesc(cache.shape, trt.bfloat16), tensorrt_double.TensorDesc((B,), trt.int32)]
-    name, ptx, grid, launch, extras = _aot(registry, "planforge::FusedAttentionDecode", descs, {"scale": 0.0}, tactic)
-    _check_payload(aot, name, ptx, n_tensors=4 + 1, n_scalars=len(plugin.DECODE_SCALARS))
+    name, ptx, grid, launch, extras = aot_payload(registry, "planforge::FusedAttentionDecode", descs, {"scale": 0.0}, tactic)
+    check_payload(aot, name, ptx, n_tensors=4 + 1, n_scalars=len(plugin.DECODE_SCALARS))
 
     recorder = LaunchRecorder(kernel.decode_split_kernel.fn)
     monkeypatch.setattr(kernel, "decode_split_kernel", recorder)
@@ -339,96 +291,10 @@ def test_fused_attention_decode_aot_payload_matches_its_launcher(trt_api, monkey
     block_n, warps, stages = plugin.DECODE_TACTICS[tactic]
     kernel.decode(q, cache, cache, lengths, 0.0, num_splits=1, config=(block_n, warps, stages, False))
     (py_grid, args, constexprs), = recorder.calls
-    assert grid == _grid3(py_grid) and launch.block_x == warps * 32  # one split: (1, B * Hkv)
+    assert grid == grid3(py_grid) and launch.block_x == warps * 32  # one split: (1, B * Hkv)
     assert extras == [args[n] for n in plugin.DECODE_SCALARS]
     assert (constexprs["NUM_SPLITS"], constexprs["G"], constexprs["BLOCK_N"]) == (1, Hq // Hkv, block_n)
 
-
-@pytest.mark.parametrize("dtype,B,d,k", [("bfloat16", 1, 4096, 5504), ("float16", 16, 896, 300)])
-def test_sparse_mlp_aot_payloads_match_their_launchers(trt_api, monkeypatch, dtype, B, d, k):
-    pytest.importorskip("triton")
-    trt, _, registry, _, _ = trt_api
-    from planforge.plugins import aot
-    from planforge.plugins.sparse_mlp import kernel
-
-    F, t, torch_dtype = 11008, getattr(trt, dtype), getattr(torch, dtype)
-    x, w = torch.zeros(B, d, dtype=torch_dtype), torch.zeros(F, d, dtype=torch_dtype)
-    neurons, h = torch.zeros(B, k, dtype=torch.int32), torch.zeros(B, k)
-    desc = lambda shape, kind: tensorrt_double.TensorDesc(shape, kind)  # noqa: E731
-    gate_up = _aot(registry, "planforge::SparseMLPGateUp", [desc(x.shape, t), desc(w.shape, t), desc(w.shape, t),
-                                                             desc(neurons.shape, trt.int32)], {}, None)
-    down = _aot(registry, "planforge::SparseMLPDown", [desc(h.shape, trt.float32), desc(w.shape, t),
-                                                        desc(neurons.shape, trt.int32)], {}, None)
-    for (name, ptx, *_), inputs in ((gate_up, 4), (down, 3)):
-        _check_payload(aot, name, ptx, n_tensors=inputs + 1, n_scalars=2)
-
-    for entry, launcher, args, (_, _, grid, launch, extras) in (
-            ("gate_up_entry", kernel.gate_up, (x, w, w, neurons), gate_up),
-            ("down_entry", kernel.down, (h, w, neurons), down)):
-        recorder = LaunchRecorder(getattr(kernel, entry))
-        monkeypatch.setattr(kernel, entry, recorder)
-        launcher(*args)
-        (py_grid, py_args, constexprs), = recorder.calls
-        assert grid == _grid3(py_grid) and launch.block_x == constexprs["num_warps"] * 32, entry
-        assert extras == [py_args["d"], py_args["k"]], entry
-
-
-@pytest.mark.parametrize("dtype,B,Hq,Hkv,D,h,bias,rotary", [("bfloat16", 1, 32, 8, 128, 16, False, True),
-                                                            ("float16", 4, 14, 2, 64, 7, True, False)])
-def test_sparse_heads_aot_payloads_match_their_launchers(trt_api, monkeypatch, dtype, B, Hq, Hkv, D, h, bias, rotary):
-    pytest.importorskip("triton")
-    trt, _, registry, _, _ = trt_api
-    from planforge.plugins import aot
-    from planforge.plugins.fused_attention import kernel as attn_kernel
-    from planforge.plugins.sparse_heads import kernel, tensorrt as plugin
-
-    d, C, t, torch_dtype = 4096 if D == 128 else 1536, 1024, getattr(trt, dtype), getattr(torch, dtype)
-    x, w = torch.zeros(B, d, dtype=torch_dtype), torch.zeros(Hq * D, d, dtype=torch_dtype)
-    heads, lengths = torch.zeros(B, h, dtype=torch.int32), torch.ones(B, dtype=torch.int32)
-    q, cache = torch.zeros(B, h, D, dtype=torch_dtype), torch.zeros(B, Hkv, C, D, dtype=torch_dtype)
-    table = torch.zeros(B, D // 2) if rotary else torch.zeros(1)
-    bias_t = torch.zeros(Hq * D, dtype=torch_dtype) if bias else torch.zeros(1, dtype=torch_dtype)
-    desc = lambda x, kind=t: tensorrt_double.TensorDesc(x.shape, kind)  # noqa: E731
-    flags = {"has_b_q": int(bias), "has_cos": int(rotary), "has_sin": int(rotary)}
-
-    name, ptx, grid, launch, extras = _aot(registry, "planforge::SparseHeadsQProj", [
-        desc(x), desc(w), desc(heads, trt.int32), desc(bias_t), desc(table, trt.float32), desc(table, trt.float32)],
-        {"head_dim": D, **flags}, None)
-    _check_payload(aot, name, ptx, n_tensors=6 + 1, n_scalars=2)
-    recorder = LaunchRecorder(kernel.q_kernel)
-    monkeypatch.setattr(kernel, "q_kernel", recorder)
-    kernel.q_proj(x, w, heads, bias_t if bias else None, table if rotary else None, table if rotary else None, D)
-    (py_grid, args, constexprs), = recorder.calls
-    assert grid == _grid3(py_grid) and extras == [args["d"], args["h"]]
-    assert (constexprs["HAS_BIAS"], constexprs["ROTARY"], constexprs["HALF"]) == (bias, rotary, D // 2)
-    with pytest.raises(ValueError, match="multiple of 256"):  # the kernel's tile; the launcher asserts the same
-        _aot(registry, "planforge::SparseHeadsQProj", [desc(torch.zeros(B, 896)), desc(torch.zeros(Hq * D, 896)),
-                                                       *[desc(x) for x in (heads, bias_t, table, table)]],
-             {"head_dim": D, **flags}, None)
-
-    for tactic, (block_n, warps, stages) in plugin.ATTEND_TACTICS.items():
-        name, ptx, grid, launch, extras = _aot(registry, "planforge::SparseHeadsAttend", [
-            desc(q), desc(cache), desc(cache), desc(lengths, trt.int32), desc(heads, trt.int32)],
-            {"scale": 0.0, "group": Hq // Hkv}, tactic)
-        _check_payload(aot, name, ptx, n_tensors=5 + 1, n_scalars=len(plugin.ATTEND_SCALARS))
-        recorder = LaunchRecorder(attn_kernel.decode_split_kernel.fn)
-        monkeypatch.setattr(attn_kernel, "decode_split_kernel", recorder)
-        monkeypatch.setattr(attn_kernel, "decode_combine_kernel", LaunchRecorder(attn_kernel.decode_combine_kernel))
-        attn_kernel.decode(q, cache, cache, lengths, 0.0, num_splits=1, groups=heads, group_div=Hq // Hkv,
-                           config=(block_n, warps, stages, False))
-        (py_grid, args, constexprs), = recorder.calls
-        assert grid == _grid3(py_grid) and launch.block_x == warps * 32  # one split per selected head
-        assert extras == [args[n] for n in plugin.ATTEND_SCALARS] and args["Hq"] == args["NG"] == h
-        assert (constexprs["G"], constexprs["GROUP_DIV"], constexprs["HAS_GROUPS"]) == (1, Hq // Hkv, True)
-
-    name, ptx, grid, launch, extras = _aot(registry, "planforge::SparseHeadsOProj", [
-        desc(q), desc(w), desc(heads, trt.int32)], {}, None)
-    _check_payload(aot, name, ptx, n_tensors=3 + 1, n_scalars=2)
-    recorder = LaunchRecorder(kernel.oproj_entry)
-    monkeypatch.setattr(kernel, "oproj_entry", recorder)
-    kernel.o_proj(q, w, heads)
-    (py_grid, args, constexprs), = recorder.calls
-    assert grid == _grid3(py_grid) and extras == [args["d"], args["h"]] and constexprs["D"] == D
 
 
 def test_aot_entry_kernels_compute_the_reference_with_the_plugins_scalars():
@@ -450,25 +316,6 @@ def test_aot_entry_kernels_compute_the_reference_with_the_plugins_scalars():
 
 # ---- on a GPU: the PTX payloads launched the way TensorRT launches them -------------------------------
 
-def _driver_launch(ptx: str, name: str, launch, args: list) -> None:
-    """cuModuleLoadData + cuLaunchKernel through libcuda: grid, block and shared memory from the plugin's launch
-    parameters, and exactly ``args`` (the inputs, the extra scalars, the outputs), as a TensorRT AOT plugin runs."""
-    import ctypes
-
-    cuda = ctypes.CDLL("libcuda.so.1")
-    module, function = ctypes.c_void_p(), ctypes.c_void_p()
-    assert cuda.cuModuleLoadData(ctypes.byref(module), ctypes.c_char_p(ptx.encode() + b"\0")) == 0
-    assert cuda.cuModuleGetFunction(ctypes.byref(function), module, name.encode()) == 0
-    values = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int32(a) for a in args]
-    params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-    stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-    status = cuda.cuLaunchKernel(function, launch.grid_x, launch.grid_y, launch.grid_z, launch.block_x, 1, 1,
-                                 launch.shared_mem, stream, params, None)
-    assert status == 0, f"cuLaunchKernel returned {status}"
-    torch.cuda.synchronize()
-    cuda.cuModuleUnload(module)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("rolling,rotary", [(0, True), (1, False)])
 def test_kv_cache_update_payload_runs_as_tensorrt_launches_it(trt_api, rolling, rotary):
@@ -486,9 +333,9 @@ def test_kv_cache_update_payload_runs_as_tensorrt_launches_it(trt_api, rolling, 
     descs = [tensorrt_double.TensorDesc(t.shape, trt.bfloat16) for t in caches + new] + [
         tensorrt_double.TensorDesc(positions.shape, trt.int32)] + [
         tensorrt_double.TensorDesc(t.shape, trt.float32) for t in table]
-    name, ptx, _, launch, extras = _aot(registry, "planforge::KVCacheUpdate", descs, {
+    name, ptx, _, launch, extras = aot_payload(registry, "planforge::KVCacheUpdate", descs, {
         "rolling": rolling, "sinks": sinks, "has_cos": int(rotary), "has_sin": int(rotary)}, 1)
-    _driver_launch(ptx, name, launch, [*caches, *new, positions, *table, *extras, *caches])
+    driver_launch(ptx, name, launch, [*caches, *new, positions, *table, *extras, *caches])
     torch.testing.assert_close(caches[1], want[1], rtol=0, atol=0)  # V is a pure copy: bit-exact
     tol = dict(atol=1e-2, rtol=8e-3) if rotary else dict(atol=0, rtol=0)  # K rotary: <= 1 bf16 ulp (fma), as the
     torch.testing.assert_close(caches[0].float(), want[0].float(), **tol)  # Python launch (test_kv_cache_update)
@@ -505,23 +352,23 @@ def test_quik_payloads_run_as_tensorrt_launches_them(trt_api, tactic, M):
     x = torch.randn(M, K, generator=g).half().cuda()
     perm = torch.randperm(K, generator=g).to(torch.int32).cuda()
     w = reference.quantize_weights(torch.randn(N, K, generator=g).cuda(), perm, KO, bits)
-    name, ptx, _, launch, extras = _aot(registry, "planforge::QuikQuantize", [
+    name, ptx, _, launch, extras = aot_payload(registry, "planforge::QuikQuantize", [
         tensorrt_double.TensorDesc(x.shape, trt.float16), tensorrt_double.TensorDesc(perm.shape, trt.int32)],
         {"n_outliers": KO, "bits": bits}, None)
     kqb = (K - KO) * bits // 8
     quantized = [torch.empty(M, kqb, dtype=torch.int8, device="cuda"), torch.empty(M, device="cuda"),
                  torch.empty(M, device="cuda"), torch.empty(M, KO, dtype=torch.float16, device="cuda")]
-    _driver_launch(ptx, name, launch, [x, perm, *extras, *quantized])
+    driver_launch(ptx, name, launch, [x, perm, *extras, *quantized])
     for got, expected in zip(quantized, reference.quantize_activations(x, perm, KO, bits)):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)  # bit-exact
 
     inputs = [*quantized, w.packed, w.scale, w.wsum, w.outliers.half()]
-    name, ptx, _, launch, extras = _aot(registry, "planforge::QuikMatMul", [
+    name, ptx, _, launch, extras = aot_payload(registry, "planforge::QuikMatMul", [
         tensorrt_double.TensorDesc(t.shape, {torch.int8: trt.int8, torch.float32: trt.float32,
                                             torch.float16: trt.float16}[t.dtype]) for t in inputs], {"bits": bits},
         tactic)
     y = torch.full((M, N), float("nan"), dtype=torch.float16, device="cuda")
-    _driver_launch(ptx, name, launch, [*inputs, *extras, y])
+    driver_launch(ptx, name, launch, [*inputs, *extras, y])
     want = reference.quik_matmul(*inputs, bits, torch.float32)
     torch.testing.assert_close(y.float(), want, rtol=2 * 2.0**-11, atol=1e-3 * want.abs().max().item())
 
@@ -536,11 +383,11 @@ def test_fused_attention_payloads_run_as_tensorrt_launches_them(trt_api, tactic,
     B, Hq, Hkv, D, Sq, Skv, C = 2, 32, 8, 128, 700, 760, 1024
     q = torch.randn(B, Hq, Sq, D, generator=g).bfloat16().cuda()
     k, v = (torch.randn(B, Hkv, Skv, D, generator=g).bfloat16().cuda() for _ in range(2))
-    name, ptx, _, launch, extras = _aot(registry, "planforge::FusedAttentionPrefill", [
+    name, ptx, _, launch, extras = aot_payload(registry, "planforge::FusedAttentionPrefill", [
         tensorrt_double.TensorDesc(t.shape, trt.bfloat16) for t in (q, k, v)],
         {"scale": 0.0, "window": window, "sinks": sinks}, tactic)
     out = torch.full_like(q, float("nan"))
-    _driver_launch(ptx, name, launch, [q, k, v, *extras, out])
+    driver_launch(ptx, name, launch, [q, k, v, *extras, out])
     want = reference.attention_prefill(q.float(), k.float(), v.float(), 0.0, window, sinks)
     torch.testing.assert_close(out.float(), want, rtol=0, atol=2e-2)  # bf16 output, float32 softmax
 
@@ -548,81 +395,10 @@ def test_fused_attention_payloads_run_as_tensorrt_launches_them(trt_api, tactic,
         qd = torch.randn(B, Hq, D, generator=g).bfloat16().cuda()
         kc, vc = (torch.randn(B, Hkv, C, D, generator=g).bfloat16().cuda() for _ in range(2))
         lengths = torch.tensor([33, 1024], dtype=torch.int32).cuda()
-        name, ptx, _, launch, extras = _aot(registry, "planforge::FusedAttentionDecode", [
+        name, ptx, _, launch, extras = aot_payload(registry, "planforge::FusedAttentionDecode", [
             tensorrt_double.TensorDesc(t.shape, trt.bfloat16) for t in (qd, kc, vc)] + [
             tensorrt_double.TensorDesc(lengths.shape, trt.int32)], {"scale": 0.0}, tactic)
         out = torch.full_like(qd, float("nan"))
-        _driver_launch(ptx, name, launch, [qd, kc, vc, lengths, *extras, out])
+        driver_launch(ptx, name, launch, [qd, kc, vc, lengths, *extras, out])
         want = reference.attention_decode(qd.float(), kc.float(), vc.float(), lengths)
         torch.testing.assert_close(out.float(), want, rtol=0, atol=2e-2)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype,B,k", [(torch.bfloat16, 1, 5504), (torch.float16, 16, 2000)])
-def test_sparse_mlp_payloads_run_as_tensorrt_launches_them(trt_api, dtype, B, k):
-    trt, _, registry, _, _ = trt_api
-    from planforge.plugins.sparse_mlp import reference
-
-    g = torch.Generator().manual_seed(k)
-    d, F = 4096, 11008
-    x = torch.randn(B, d, generator=g).to(dtype).cuda()
-    w_gate, w_up, w_down_t = ((torch.randn(F, d, generator=g) * d**-0.5).to(dtype).cuda() for _ in range(3))
-    neurons = torch.stack([torch.randperm(F, generator=g)[:k] for _ in range(B)]).to(torch.int32).cuda()
-    t = getattr(trt, str(dtype).split(".")[1])
-    desc = lambda x, kind=t: tensorrt_double.TensorDesc(x.shape, kind)  # noqa: E731
-    name, ptx, _, launch, extras = _aot(registry, "planforge::SparseMLPGateUp", [
-        desc(x), desc(w_gate), desc(w_up), desc(neurons, trt.int32)], {}, None)
-    h = torch.full((B, k), float("nan"), device="cuda")
-    _driver_launch(ptx, name, launch, [x, w_gate, w_up, neurons, *extras, h])
-    want_h = reference.gate_up(x, w_gate, w_up, neurons)
-    torch.testing.assert_close(h, want_h, rtol=1e-4, atol=1e-4 * want_h.abs().max().item())  # float32, other order
-
-    name, ptx, _, launch, extras = _aot(registry, "planforge::SparseMLPDown", [
-        desc(want_h, trt.float32), desc(w_down_t), desc(neurons, trt.int32)], {}, None)
-    y = torch.full((B, d), float("nan"), dtype=dtype, device="cuda")
-    _driver_launch(ptx, name, launch, [want_h, w_down_t, neurons, *extras, y])
-    want = reference.down(want_h, w_down_t, neurons)
-    eps = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11  # one rounding to the output dtype, as test_sparse_mlp
-    torch.testing.assert_close(y.float(), want.float(), rtol=2 * eps, atol=2 * eps * want.abs().max().item())
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("tactic,bias,rotary", [(1, False, True), (2, True, False)])
-def test_sparse_heads_payloads_run_as_tensorrt_launches_them(trt_api, tactic, bias, rotary):
-    trt, _, registry, _, _ = trt_api
-    from planforge.plugins.sparse_heads import reference
-
-    g = torch.Generator().manual_seed(tactic)
-    B, Hq, Hkv, D, h, d, C = 2, 32, 8, 128, 16, 4096, 1024
-    x = torch.randn(B, d, generator=g).bfloat16().cuda()
-    w_q, w_o = ((torch.randn(Hq * D, d, generator=g) * d**-0.5).bfloat16().cuda() for _ in range(2))
-    b_q = torch.randn(Hq * D, generator=g).bfloat16().cuda() if bias else torch.zeros(1).bfloat16().cuda()
-    table = [torch.randn(B, D // 2, generator=g).cuda() for _ in range(2)] if rotary else [torch.zeros(1).cuda()] * 2
-    heads = torch.stack([torch.randperm(Hq, generator=g)[:h] for _ in range(B)]).to(torch.int32).cuda()
-    kc, vc = (torch.randn(B, Hkv, C, D, generator=g).bfloat16().cuda() for _ in range(2))
-    lengths = torch.tensor([33, 1024], dtype=torch.int32).cuda()
-    desc = lambda x, kind=trt.bfloat16: tensorrt_double.TensorDesc(x.shape, kind)  # noqa: E731
-
-    name, ptx, _, launch, extras = _aot(registry, "planforge::SparseHeadsQProj", [
-        desc(x), desc(w_q), desc(heads, trt.int32), desc(b_q), desc(table[0], trt.float32),
-        desc(table[1], trt.float32)], {"head_dim": D, "has_b_q": int(bias), "has_cos": int(rotary),
-                                      "has_sin": int(rotary)}, None)
-    q = torch.full((B, h, D), float("nan"), dtype=torch.bfloat16, device="cuda")
-    _driver_launch(ptx, name, launch, [x, w_q, heads, b_q, *table, *extras, q])
-    want_q = reference.q_proj(x, w_q, heads, b_q if bias else None, *(table if rotary else (None, None)), D)
-    torch.testing.assert_close(q.float(), want_q.float(), rtol=2 * 2.0**-8, atol=1e-2)  # <= 1 bf16 rounding apart
-
-    name, ptx, _, launch, extras = _aot(registry, "planforge::SparseHeadsAttend", [
-        desc(want_q), desc(kc), desc(vc), desc(lengths, trt.int32), desc(heads, trt.int32)],
-        {"scale": 0.0, "group": Hq // Hkv}, tactic)
-    attn = torch.full_like(want_q, float("nan"))
-    _driver_launch(ptx, name, launch, [want_q, kc, vc, lengths, heads, *extras, attn])
-    want_attn = reference.attend(want_q.float(), kc.float(), vc.float(), lengths, heads, 0.0, Hq // Hkv)
-    torch.testing.assert_close(attn.float(), want_attn, rtol=0, atol=2e-2)  # bf16 output, as the decode payload
-
-    name, ptx, _, launch, extras = _aot(registry, "planforge::SparseHeadsOProj", [
-        desc(attn), desc(w_o), desc(heads, trt.int32)], {}, None)
-    y = torch.full((B, d), float("nan"), dtype=torch.bfloat16, device="cuda")
-    _driver_launch(ptx, name, launch, [attn, w_o, heads, *extras, y])
-    want = reference.o_proj(attn, w_o, heads)
-    torch.testing.assert_close(y.float(), want.float(), rtol=2 * 2.0**-8, atol=2 * 2.0**-8 * want.abs().max().item())
