@@ -27,9 +27,13 @@ subpackages = find_packages(
 REFERENCE_MODEL_FILES = [f"samples/reference_model/{pattern}" for pattern in
                          ("*.json", "*.safetensors", "heldout.txt", "accuracy.jsonl", "README.md")]
 
+# The C++ runtime's sources: runtime/native.py builds its generation loop from them on first use.
+CPP_RUNTIME_FILES = ["runtime/cpp/CMakeLists.txt", "runtime/cpp/include/planforge/*", "runtime/cpp/src/*",
+                     "runtime/cpp/tests/*", "samples/cpp/*"]
+
 setup(
     cmdclass={"build_py": BuildPyWithoutSetupScript},
     package_dir={"planforge": "."},
     packages=["planforge"] + [f"planforge.{name}" for name in subpackages],
-    package_data={"planforge": REFERENCE_MODEL_FILES},
+    package_data={"planforge": REFERENCE_MODEL_FILES + CPP_RUNTIME_FILES},
 )

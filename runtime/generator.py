@@ -67,8 +67,11 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray,
 
 
 class Generator:
-    def __init__(self, backend: Backend):
+    """``native_loop=False`` keeps the loop in Python where the backend offers the C++ one (runtime/native.py)."""
+
+    def __init__(self, backend: Backend, native_loop: bool = True):
         self.backend = backend
+        self.native_loop = native_loop
         self.manifest = backend.manifest
         streaming = self.manifest.streaming
         self.cache_slots: Optional[int] = streaming["cache_slots"] if streaming else None  # None: the cache grows
@@ -137,6 +140,9 @@ class Generator:
         on_prefill_step: Optional[StepCallback] = None,
     ) -> GenerationResult:
         self.check_prompts(prompts)
+        native = self.backend.native_loop() if self.native_loop and on_prefill_step is None else None
+        if native is not None:  # the same loop in C++, no Python between two steps (runtime/native.py)
+            return native.generate(prompts, config, on_token)
         stops = set(config.stop_token_ids) | (set() if config.ignore_eos else set(self.manifest.eos_token_ids))
         pad_id = self.manifest.pad_token_id if self.manifest.pad_token_id is not None else 0
         sample = Sampler(config.sampling)

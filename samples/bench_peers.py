@@ -13,8 +13,10 @@ block 32, accuracy level 4). Then, in interleaved rounds that each load every mo
 anew (a session's memory placement moves its speed by several percent), each timed
 generation after a 0.2 s pause (so no other session's threads still spin), it times
 greedy generation of --new-tokens tokens after a --prompt-tokens prompt at every
---batches size: planforge's models with planforge's runtime, ORT-GenAI's with its
-own client, and planforge's fp32 graphs and W4A16 g32 with ORT-GenAI's client too. Both runtimes
+--batches size: planforge's models with planforge's runtime (its C++ generation loop on the
+graphs over shared cache buffers, the Python one on the portable export; runtime/native.py),
+ORT-GenAI's with its own client, planforge's fp32 graphs and W4A16 g32 with ORT-GenAI's client
+too, and the optimized fp32 graph with planforge's Python loop. Both runtimes
 get --threads intra-op threads. Perplexity: the first --ppl-tokens tokens of
 heldout.txt in disjoint windows of the model's context (ORT-GenAI's models scored
 through a plain ONNX Runtime session on their graph).
@@ -52,7 +54,7 @@ from planforge.runtime import GenerationConfig, Generator, Tokenizer, open_backe
 class Variant:
     name: str
     path: Path
-    client: str  # "planforge" or "ort-genai"
+    client: str  # "planforge", "planforge, Python loop" or "ort-genai"
     decode: dict = field(default_factory=dict)  # batch -> [tok/s per round]
     prefill_ms: list = field(default_factory=list)  # batch 1
     tokens: list = field(default_factory=list)  # greedy tokens of the last batch-1 round
@@ -88,8 +90,8 @@ def build_ort_genai(model: Path, out: Path, precision: str) -> Path:
 
 # -------------------------------------------------------------------------------------------- running
 class PlanforgeRunner:
-    def __init__(self, path: Path, threads: int):
-        self.generator = Generator(open_backend(path, threads=threads))
+    def __init__(self, path: Path, threads: int, native_loop: bool = True):
+        self.generator = Generator(open_backend(path, threads=threads), native_loop=native_loop)
 
     def generate(self, prompts: np.ndarray, new_tokens: int) -> tuple[float, float, list]:
         """-> (prefill seconds, decode tokens/s over the batch, the first row's tokens)."""
@@ -126,7 +128,9 @@ class OrtGenAIRunner:
 
 
 def _runner(variant: Variant, threads: int):
-    return (PlanforgeRunner if variant.client == "planforge" else OrtGenAIRunner)(variant.path, threads)
+    if variant.client == "ort-genai":
+        return OrtGenAIRunner(variant.path, threads)
+    return PlanforgeRunner(variant.path, threads, native_loop=variant.client == "planforge")
 
 
 def measure(variants: list[Variant], args, vocab: int) -> None:
@@ -204,6 +208,13 @@ def report(variants: list[Variant], args) -> None:
           f"onnxruntime {onnxruntime.__version__}, onnxruntime-genai {onnxruntime_genai.__version__}, "
           f"planforge {planforge.__version__}; {args.threads} intra-op threads for both runtimes")
     print(f"command: python samples/bench_peers.py {' '.join(sys.argv[1:])}")
+    from planforge.runtime import native
+
+    loops = {v.name: "C++" if open_backend(v.path).native_loop() is not None else "Python"
+             for v in variants if v.client == "planforge"}
+    print("planforge's generation loop (client \"planforge\"): " + ", ".join(f"{name}: {loop}"
+                                                                       for name, loop in loops.items())
+          + (f" ({native.unavailable_reason()})" if native.unavailable_reason() else ""))
     print(f"greedy, {args.prompt_tokens}-token random prompts, {args.new_tokens} new tokens, {args.rounds} rounds "
           f"(medians [IQR]); perplexity over {args.ppl_tokens} held-out tokens\n")
     batches = args.batches
@@ -225,6 +236,7 @@ def report(variants: list[Variant], args) -> None:
     for ours, theirs in (("planforge w4a16", "ORT-GenAI int4"), ("planforge w4a16 g32", "ORT-GenAI int4"),
                          ("planforge fp32", "planforge fp32, ORT-GenAI client"),
                          ("planforge fp32 optimized", "planforge fp32 optimized, ORT-GenAI client"),
+                         ("planforge fp32 optimized, Python loop", "planforge fp32 optimized, ORT-GenAI client"),
                          ("planforge w4a16 g32", "planforge w4a16 g32, ORT-GenAI client"),
                          ("planforge w4a16 g32, ORT-GenAI client", "ORT-GenAI int4"),
                          ("planforge w4a4", "planforge fp32"), ("planforge w4a4", "planforge fp32 optimized")):
@@ -260,6 +272,7 @@ def main():
                 Variant("planforge fp32, ORT-GenAI client", ours["fp32"], "ort-genai"),
                 Variant("planforge fp32 optimized", ours["fp32-optimized"], "planforge"),
                 Variant("planforge fp32 optimized, ORT-GenAI client", ours["fp32-optimized"], "ort-genai"),
+                Variant("planforge fp32 optimized, Python loop", ours["fp32-optimized"], "planforge, Python loop"),
                 Variant("planforge w4a16", ours["w4a16"], "planforge"),
                 Variant("planforge w4a16 g32", ours["w4a16-g32"], "planforge"),
                 Variant("planforge w4a16 g32, ORT-GenAI client", ours["w4a16-g32"], "ort-genai"),

@@ -56,6 +56,11 @@ class Backend:
                                  self.empty_cache(input_ids.shape[0]))
         return logits
 
+    def native_loop(self) -> Any:
+        """The C++ runtime's generation loop over this model (``runtime/native.py``), which ``Generator``
+        then runs instead of its Python loop; None where there is none."""
+        return None
+
     def describe(self) -> str:
         """Short label for tables and reports, e.g. ``onnxruntime-cpu``."""
         return f"{self.name}-{self.device}"

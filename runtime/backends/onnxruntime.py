@@ -37,6 +37,7 @@ from planforge.runtime.backends.in_place import InPlaceContract, InPlaceKVCache
 from planforge.runtime.backends.registry import register_backend
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_UNOPENED = object()
 # What ONNX Runtime prints when a graph uses an op its build has no kernel for.
 _MISSING_KERNEL = ("Could not find an implementation", "is not a registered function/op", "No opset import for domain")
 
@@ -116,6 +117,8 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
         if not model_path.is_file():
             raise CompiledModelError(f"{self.model_dir} has no {constants.MODEL_FILE}. Re-export the model.")
         self._session = _load_session(model_path, device, threads, manifest)
+        self._threads = threads
+        self._native: object = _UNOPENED
         check_graph_inputs(manifest, {i.name: [d if isinstance(d, int) else None for d in i.shape]
                                       for i in self._session.get_inputs()}, self.model_dir)
         dims = manifest.dims
@@ -129,6 +132,17 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
             self._binding = _c_api().SessionIOBinding(self._session._sess)
             self._bound: Optional[tuple] = None  # (the buffers bound now, their OrtValues)
             self._ones = np.ones(0, np.int64)  # the all-ones masks of unpadded steps are views of this
+
+    def native_loop(self):
+        """On the CPU, the C++ runtime's ONNX Runtime backend, with the same cache contract (its own session of the
+        same model.onnx, opened on first use); None on CUDA, or where the C++ loop is unavailable."""
+        if self.device != "cpu":
+            return None
+        if self._native is _UNOPENED:
+            from planforge.runtime import native
+
+            self._native = native.open_loop(self.model_dir, self._threads)
+        return self._native
 
     def _value(self, array: np.ndarray):
         """A copy of ``array`` in memory ONNX Runtime owns (a value made from numpy would only borrow it)."""

@@ -152,7 +152,7 @@ def engine_dirs(tiny_model, tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind,status,message", [
-    ("portable", PF_ENGINE_ERROR, "not a TensorRT engine directory"),
+    ("portable", PF_BACKEND_UNAVAILABLE, "holds a bf16 model, whose KV cache ONNX Runtime's CPU kernels cannot take"),
     ("python_attention", PF_ENGINE_MISMATCH, "uses Python plugins (planforge::FusedAttentionDecode v2, "
                                              "planforge::FusedAttentionPrefill v2)"),
     ("real", PF_BACKEND_UNAVAILABLE, "built without TensorRT"),

@@ -14,11 +14,18 @@ struct pf_sampler {
 };
 struct pf_runtime {
   planforge::Runtime value;
+  planforge::GenerationResult last;  // the last pf_runtime_generate's finish reasons and timings
 };
 
 namespace {
 
 thread_local std::string last_error;
+
+// The token callback asked to stop.
+class Cancelled : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 // The C API's code for each error class (the most derived class first: a subclass keeps its own code).
 int status_of(const std::exception& e) {
@@ -30,6 +37,7 @@ int status_of(const std::exception& e) {
   if (dynamic_cast<const planforge::PromptTooLongError*>(&e)) return PF_PROMPT_TOO_LONG;
   if (dynamic_cast<const planforge::InvalidPromptError*>(&e)) return PF_INVALID_PROMPT;
   if (dynamic_cast<const planforge::BackendUnavailableError*>(&e)) return PF_BACKEND_UNAVAILABLE;
+  if (dynamic_cast<const Cancelled*>(&e)) return PF_CANCELLED;
   if (dynamic_cast<const std::invalid_argument*>(&e)) return PF_INVALID_ARGUMENT;
   return PF_INTERNAL_ERROR;
 }
@@ -101,14 +109,25 @@ void pf_sampler_free(pf_sampler* s) { delete s; }
 int pf_runtime_open(const char* engine_dir, pf_runtime** out) {
   return guarded([&] {
     require(engine_dir != nullptr && out != nullptr, "pf_runtime_open: engine_dir and out must not be null");
-    *out = new pf_runtime{planforge::Runtime(engine_dir)};
+    *out = new pf_runtime{planforge::Runtime(engine_dir), {}};
+  });
+}
+
+int pf_runtime_open_with(const char* model_dir, int threads, const char* onnxruntime_library, pf_runtime** out) {
+  return guarded([&] {
+    require(model_dir != nullptr && out != nullptr && threads >= 0,
+            "pf_runtime_open_with: model_dir and out must not be null, threads >= 0");
+    planforge::RuntimeOptions options;
+    options.threads = threads;
+    if (onnxruntime_library) options.onnxruntime_library = onnxruntime_library;
+    *out = new pf_runtime{planforge::Runtime(model_dir, options), {}};
   });
 }
 
 int pf_runtime_generate(pf_runtime* rt, const int64_t* prompt_ids, const int* lengths, int n_prompts,
                         int max_new_tokens, int do_sample, double temperature, int top_k, double top_p, int has_seed,
-                        uint64_t seed, const int64_t* stop_ids, int n_stop, pf_token_callback on_token,
-                        void* user_data, int64_t* tokens_out, int* counts_out) {
+                        uint64_t seed, const int64_t* stop_ids, int n_stop, int ignore_eos,
+                        pf_token_callback on_token, void* user_data, int64_t* tokens_out, int* counts_out) {
   return guarded([&] {
     require(rt && prompt_ids && lengths && tokens_out && counts_out && n_prompts > 0 && max_new_tokens > 0 &&
                 (n_stop == 0 || stop_ids),
@@ -126,14 +145,28 @@ int pf_runtime_generate(pf_runtime* rt, const int64_t* prompt_ids, const int* le
     config.sampling.top_p = top_p;
     if (has_seed) config.sampling.seed = seed;
     config.stop_token_ids.assign(stop_ids, stop_ids + n_stop);
+    config.ignore_eos = ignore_eos != 0;
     auto callback = [&](int row, int64_t token) {
-      if (on_token) on_token(row, token, user_data);
+      if (on_token && on_token(row, token, user_data) != 0) throw Cancelled("the token callback stopped the generation");
     };
-    const auto result = rt->value.generate(prompts, config, callback);
+    rt->last = rt->value.generate(prompts, config, callback);
+    const auto& result = rt->last;
     for (int i = 0; i < n_prompts; ++i) {
       counts_out[i] = static_cast<int>(result.tokens[i].size());
       for (int t = 0; t < counts_out[i]; ++t) tokens_out[i * max_new_tokens + t] = result.tokens[i][t];
     }
+  });
+}
+
+int pf_runtime_last_result(const pf_runtime* rt, int row, const char** finish_reason, double* prefill_seconds,
+                           double* decode_seconds) {
+  return guarded([&] {
+    require(rt && finish_reason && prefill_seconds && decode_seconds && row >= 0 &&
+                row < static_cast<int>(rt->last.finish_reasons.size()),
+            "pf_runtime_last_result: null argument, or a row the last generation did not have");
+    *finish_reason = rt->last.finish_reasons[row].c_str();
+    *prefill_seconds = rt->last.prefill_seconds;
+    *decode_seconds = rt->last.decode_seconds;
   });
 }
 

@@ -1,6 +1,7 @@
 #include "planforge/generation.hpp"
 
 #include <algorithm>
+#include <chrono>
 
 namespace planforge {
 
@@ -71,6 +72,8 @@ GenerationResult Generator::generate(const std::vector<std::vector<int64_t>>& pr
   Sampler sample(config.sampling);
   const int slots = manifest_.streaming_slots.value_or(0);
   const int first = slots ? std::min<int>(static_cast<int>(width), slots) : static_cast<int>(width);
+  using Clock = std::chrono::steady_clock;
+  const auto prefill_start = Clock::now();
   backend_.reset(batch);
   auto slice = [&](const std::vector<int64_t>& v, int from, int to) {  // columns [from, to) of each row
     std::vector<int64_t> out;
@@ -101,6 +104,8 @@ GenerationResult Generator::generate(const std::vector<std::vector<int64_t>>& pr
   }
 
   GenerationResult result{std::vector<std::vector<int64_t>>(batch), std::vector<std::string>(batch)};
+  const auto decode_start = Clock::now();
+  result.prefill_seconds = std::chrono::duration<double>(decode_start - prefill_start).count();
   const int vocab = manifest_.dims.vocab_size, limit = manifest_.dims.max_seq_len;
   while (true) {
     const std::vector<int64_t> next = sample(logits.data(), batch, vocab);
@@ -123,6 +128,7 @@ GenerationResult Generator::generate(const std::vector<std::vector<int64_t>>& pr
     grow_mask(next_mask_cols(mask_cols));
     logits = backend_.forward(feed, full_mask, step_pos, batch, 1, mask_cols);
   }
+  result.decode_seconds = std::chrono::duration<double>(Clock::now() - decode_start).count();
   return result;
 }
 

@@ -64,6 +64,9 @@ Manifest Manifest::parse_checked(const std::string& json_text, const std::string
                           std::to_string(m.dims.num_layers) + ". Rebuild the model with `planforge build`.");
     }
   }
+  if (auto io = data.find("io"); io != data.end() && io->is_object()) {
+    m.shared_kv_buffers = io->value("past_present_share_buffer", false);
+  }
   if (auto ops = data.find("plugin_ops"); ops != data.end() && ops->is_object()) {
     for (const auto& [name, version] : ops->items()) m.plugin_ops[name] = version.get<int>();
   }

@@ -2,13 +2,17 @@
 
 namespace planforge {
 
-Runtime::Runtime(const std::string& engine_dir) : manifest_(Manifest::load(engine_dir)) {
-  if (manifest_.target != "tensorrt") {
-    throw EngineDirError(engine_dir + " is a '" + manifest_.target + "' model, not a TensorRT engine directory. Build "
-                         "one with `planforge build PORTABLE_MODEL -o OUT --target tensorrt`, or run this one with "
-                         "`planforge run`.");
+Runtime::Runtime(const std::string& model_dir, const RuntimeOptions& options) : manifest_(Manifest::load(model_dir)) {
+  if (manifest_.target == "tensorrt") {
+    backend_ = open_tensorrt_backend(model_dir, manifest_);
+  } else if (manifest_.target == "onnxruntime" || manifest_.target == "portable") {
+    backend_ = open_onnxruntime_backend(model_dir, manifest_, options);
+  } else {
+    throw EngineDirError(model_dir + " is a '" + manifest_.target + "' model, which this runtime cannot run: it runs a "
+                         "TensorRT engine directory (`planforge build PORTABLE_MODEL -o OUT --target tensorrt`) or a "
+                         "model for ONNX Runtime (`planforge export`, or `planforge optimize` with the default --target "
+                         "onnxruntime). Run this one with `planforge run`.");
   }
-  backend_ = open_tensorrt_backend(engine_dir, manifest_);
 }
 
 Runtime::Runtime(Manifest manifest, std::unique_ptr<StepBackend> backend)

@@ -1,7 +1,6 @@
 // The TensorRT backend of the C++ runtime: an engine of `planforge build --target tensorrt`, run on the GPU with
-// the lowered cache contract (planforge/runtime/backends/in_place.py): one preallocated buffer per layer and K/V
-// that the engine's KVCacheUpdate writes in place, and each sequence's valid length. A left-padded prefill runs
-// row by row on each row's slice of the buffers; several tokens over a filled cache run one decode step each.
+// the in-place cache contract (in_place.hpp): one preallocated buffer per layer and K/V that the engine's
+// KVCacheUpdate writes in place.
 // Decode steps replay a CUDA graph of enqueueV3 (the engine's plugins are all AOT: check_engine refuses others).
 //
 // Compiled only with -DPLANFORGE_TENSORRT=ON where NvInfer.h is found. Written against the TensorRT 10 C++ API
@@ -12,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "planforge/in_place.hpp"
 #include "planforge/runtime.hpp"
 
 namespace planforge {
@@ -50,7 +50,7 @@ std::string cache_name(int layer, bool value, bool out) {
   return std::string(out ? "kv_cache_out." : "kv_cache.") + std::to_string(layer) + (value ? ".value" : ".key");
 }
 
-class TensorRTBackend : public StepBackend {
+class TensorRTBackend : public InPlaceBackend {
  public:
   TensorRTBackend(const std::string& directory, const Manifest& manifest) : manifest_(manifest) {
     int device = 0;
@@ -86,10 +86,7 @@ class TensorRTBackend : public StepBackend {
     if (stream_) cudaStreamDestroy(stream_);
   }
 
-  void reset(int batch) override {
-    batch_ = batch;
-    lengths_.assign(batch, 0);
-    seen_ = 0;
+  void reset_buffers(int batch) override {
     caches_.clear();
     for (int i = 0; i < 2 * manifest_.dims.num_layers; ++i) {
       caches_.push_back(std::make_unique<DeviceBuffer>());
@@ -99,48 +96,15 @@ class TensorRTBackend : public StepBackend {
     if (graph_) cudaGraphExecDestroy(graph_), graph_ = nullptr;  // it bound the old buffers
   }
 
-  std::vector<float> forward(const std::vector<int64_t>& ids, const std::vector<int64_t>& mask,
-                             const std::vector<int64_t>& positions, int batch, int seq, int mask_cols) override {
-    std::vector<int> real(batch, 0);
-    bool unpadded = true;
-    for (int b = 0; b < batch; ++b) {
-      for (int s = 0; s < seq; ++s) real[b] += mask[b * mask_cols + mask_cols - seq + s] != 0;
-      unpadded = unpadded && real[b] == seq;
-    }
-    std::vector<float> logits;
-    if (seq == 1 || (seen_ == 0 && unpadded)) {
-      logits = step(ids.data(), positions.data(), lengths_.data(), batch, seq, 0);
-    } else if (seen_ == 0) {  // left-padded prefill: each row alone, its real tokens only
-      for (int b = 0; b < batch; ++b) {
-        const int64_t* row_ids = ids.data() + b * seq + (seq - real[b]);
-        const int64_t* row_pos = positions.data() + b * seq + (seq - real[b]);
-        const std::vector<float> row = step(row_ids, row_pos, lengths_.data() + b, 1, real[b], b);
-        logits.insert(logits.end(), row.begin(), row.end());
-      }
-    } else {  // new tokens over a filled cache: one decode step each, every token written
-      for (int s = 0; s < seq; ++s) {
-        std::vector<int64_t> column(batch), column_pos(batch);
-        std::vector<int32_t> at(batch);
-        for (int b = 0; b < batch; ++b) column[b] = ids[b * seq + s], column_pos[b] = positions[b * seq + s],
-                                        at[b] = lengths_[b] + s;
-        logits = step(column.data(), column_pos.data(), at.data(), batch, 1, 0);
-      }
-      real.assign(batch, seq);
-    }
-    for (int b = 0; b < batch; ++b) lengths_[b] += real[b];
-    seen_ = mask_cols;
-    return logits;
-  }
-
  private:
   size_t row_bytes(int layer) const {
     const Dims& d = manifest_.dims;
     return static_cast<size_t>(d.num_kv_heads) * manifest_.kv_cache.at(layer).capacity * d.head_dim * element_;
   }
 
-  // One enqueue over rows [first_row, first_row + rows) of the caches; the last position's logits, rows x vocab.
+  // One enqueue over rows [first_row, first_row + rows) of the caches.
   std::vector<float> step(const int64_t* ids, const int64_t* positions, const int32_t* lengths, int rows, int seq,
-                          int first_row) {
+                          int first_row) override {
     profile_for(*manifest_.tensorrt, rows, seq);
     const int vocab = manifest_.dims.vocab_size;
     DeviceBuffer& logits = seq == 1 ? decode_logits_ : prefill_logits_;
@@ -209,9 +173,6 @@ class TensorRTBackend : public StepBackend {
   cudaStream_t stream_ = nullptr;
   cudaGraphExec_t graph_ = nullptr;
   size_t element_ = 2;
-  int batch_ = 0;
-  int seen_ = 0;
-  std::vector<int32_t> lengths_;
   std::vector<std::unique_ptr<DeviceBuffer>> caches_;
   DeviceBuffer ids_, positions_, lengths_device_, prefill_logits_, decode_logits_;
 };

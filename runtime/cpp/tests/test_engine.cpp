@@ -129,7 +129,27 @@ TEST_F(EngineDir, RefusesAModelThatIsNotAnEngine) {
   std::string text = engine_manifest();
   text.replace(text.find("\"tensorrt\", \"dtype\""), 10, "\"torch\"");
   manifest(text);
-  EXPECT_NE(message_of<EngineDirError>([&] { Runtime runtime(dir.string()); }).find("not a TensorRT engine directory"),
+  EXPECT_NE(message_of<EngineDirError>([&] { Runtime runtime(dir.string()); }).find("a 'torch' model, which this "
+                                                                                      "runtime cannot run"),
+            std::string::npos);
+}
+
+TEST_F(EngineDir, TheOnnxRuntimeBackendSaysWhatItCannotRun) {
+  std::string text = engine_manifest();
+  auto swap = [&](const std::string& from, const std::string& to) { text.replace(text.find(from), from.size(), to); };
+  swap("\"tensorrt\", \"dtype\"", "\"onnxruntime\", \"dtype\"");
+  manifest(text);
+  RuntimeOptions options;
+  options.onnxruntime_library = (dir / "no-such-libonnxruntime.so").string();
+  EXPECT_NE(message_of<BackendUnavailableError>([&] { Runtime runtime(dir.string(), options); })
+                .find("holds a bf16 model, whose KV cache ONNX Runtime's CPU kernels cannot take"),
+            std::string::npos);  // the model's problem first
+  swap("\"dtype\": \"bf16\"", "\"dtype\": \"fp16\"");
+  swap("\"io\": {", "\"io\": {\"past_present_share_buffer\": true, ");
+  manifest(text);
+  EXPECT_TRUE(Manifest::load(dir.string()).shared_kv_buffers);
+  EXPECT_NE(message_of<BackendUnavailableError>([&] { Runtime runtime(dir.string(), options); })
+                .find("could not load ONNX Runtime (" + options.onnxruntime_library + ")"),
             std::string::npos);
 }
 

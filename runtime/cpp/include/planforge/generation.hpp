@@ -45,6 +45,7 @@ struct GenerationConfig {
 struct GenerationResult {
   std::vector<std::vector<int64_t>> tokens;
   std::vector<std::string> finish_reasons;  // "stop", "length" or "max_seq_len", per prompt
+  double prefill_seconds = 0, decode_seconds = 0;  // wall time of the prefill (its first token's logits) and the rest
 };
 
 // The slot each token of a layer's preallocated cache goes to (KVCacheUpdate): linear, rolling window, or

@@ -55,6 +55,7 @@ struct Manifest {
   std::optional<int> streaming_slots;  // S + W of a streaming model
   int io_version = 0;                  // the lowered I/O contract's version; 0 for the portable contract
   std::vector<CacheLayout> kv_cache;   // per layer, lowered contract only
+  bool shared_kv_buffers = false;      // io.past_present_share_buffer: GroupQueryAttention's cache written in place
   std::map<std::string, int> plugin_ops;
   std::optional<EngineInfo> tensorrt;  // an engine directory only
 
