@@ -88,9 +88,11 @@ def test_bench_peers_builds_both_sides_and_prints_the_table(tiny_model, tmp_path
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     names = [r[0][2:] for r in rows[1:]]
     assert names == ["planforge fp32", "planforge fp32, ORT-GenAI client", "planforge fp32 optimized",
-                     "planforge fp32 optimized, ORT-GenAI client", "planforge w4a16", "planforge w4a16 g32",
+                     "planforge fp32 optimized, ORT-GenAI client", "planforge fp32 optimized, Python loop",
+                     "planforge w4a16", "planforge w4a16 g32",
                      "planforge w4a16 g32, ORT-GenAI client", "planforge w8a8", "planforge w4a4", "ORT-GenAI fp32",
                      "ORT-GenAI int4"], proc.stdout
     # model | client | MB | prefill ms | decode tok/s b1 | b1 vs planforge fp32 | perplexity
-    assert rows[1][5] == "1.00x" and all(float(r[6].strip(" |")) > 1 for r in rows[1:] if "client" not in r[0])
+    assert rows[1][5] == "1.00x" and all(float(r[6].strip(" |")) > 1 for r in rows[1:]
+                                        if "client" not in r[0] and "Python loop" not in r[0])
     assert "same greedy tokens from planforge's runtime and ORT-GenAI's client: yes" in proc.stdout

@@ -119,7 +119,7 @@ def test_a_cache_as_long_as_max_seq_len_streams_past_it(make_random_model, hf_mo
     assert set(lengths) == {32}
     np.testing.assert_allclose(got, streaming_logits(hf_model(source), prompt, 4, 28).numpy(), atol=ATOL, rtol=0)
 
-    generator, lengths = Generator(session), []
+    generator, lengths = Generator(session, native_loop=False), []  # the Python loop, whose steps the spy sees
     forward = session.forward
 
     def spy(*args, **kwargs):
