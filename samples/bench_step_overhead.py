@@ -2,7 +2,8 @@
 
     python samples/bench_step_overhead.py out/peers/w4a16 [--tokens 64] [--rounds 4] [--profile]
 
-Generates greedily with planforge's ``Generator`` after a 128-token prompt and times every call
+Generates greedily with planforge's ``Generator`` (its Python loop: the C++ one, which `planforge run`
+uses on the CPU, makes no Python call to time) after a 128-token prompt and times every call
 into ONNX Runtime (``run_with_iobinding`` on shared cache buffers, ``run_with_ort_values`` on
 the concat cache). Prints, per round, decode tokens/s and the medians of the time in the run and
 of the gap between the end of one run and the start of the next (the runtime loop's own cost).
@@ -75,7 +76,7 @@ def profile_both(model: Path, prompt: list, tokens: int, threads: int) -> None:
         backend = open_backend(model, threads=threads)
     finally:
         onnxruntime.InferenceSession = original
-    Generator(backend).generate(prompt, GenerationConfig(max_new_tokens=tokens, ignore_eos=True))
+    Generator(backend, native_loop=False).generate(prompt, GenerationConfig(max_new_tokens=tokens, ignore_eos=True))
     ours = kernel_us_per_step(Path(backend._session.end_profiling()), tokens - 1)
     config = og.Config(str(model))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {
@@ -108,7 +109,7 @@ def main():
     backend = open_backend(args.model, threads=args.threads)
     marks: list = []
     backend._session._sess = _TimedSession(backend._session._sess, marks)
-    generator = Generator(backend)
+    generator = Generator(backend, native_loop=False)  # the Python loop, whose calls into ONNX Runtime are timed
     vocab = backend.manifest.dims.vocab_size
     prompt = np.random.default_rng(0).integers(1, vocab, (1, 128)).tolist()
     generator.generate([prompt[0][:8]], GenerationConfig(max_new_tokens=2, ignore_eos=True))

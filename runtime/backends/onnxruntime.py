@@ -135,14 +135,26 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
 
     def native_loop(self):
         """On the CPU, the C++ runtime's ONNX Runtime backend, with the same cache contract (its own session of the
-        same model.onnx, opened on first use); None on CUDA, or where the C++ loop is unavailable."""
+        same model.onnx, opened on first use, which releases this backend's); None on CUDA, or where the C++
+        loop is unavailable."""
         if self.device != "cpu":
             return None
         if self._native is _UNOPENED:
             from planforge.runtime import native
 
             self._native = native.open_loop(self.model_dir, self._threads)
+            if self._native is not None:  # one session in memory: forward() reopens this one if it is called
+                self._session = self._binding = self._bound = None
         return self._native
+
+    def _ort(self):
+        """The Python session, reopened if the native loop released it."""
+        if self._session is None:
+            self._session = _load_session(self.model_dir / constants.MODEL_FILE, self.device, self._threads,
+                                          self.manifest)
+            if self._shared:
+                self._binding = _c_api().SessionIOBinding(self._session._sess)
+        return self._session
 
     def _value(self, array: np.ndarray):
         """A copy of ``array`` in memory ONNX Runtime owns (a value made from numpy would only borrow it)."""
@@ -186,20 +198,21 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
         return logits, KVCache(values=list(outputs[1:]), length=outputs[1].shape()[2])
 
     def _run_cpu(self, feeds: dict) -> list:
-        values = self._session._sess.run_with_ort_values(feeds, self._output_names, None)
+        values = self._ort()._sess.run_with_ort_values(feeds, self._output_names, None)
         return [values[i] for i in range(len(self._output_names))]  # indexing: 5x faster than list() here
 
     def _run_bound(self, feeds: dict) -> list:
         """The presents stay on the device; the logits come to the host."""
         import onnxruntime as ort
 
-        binding = self._session.io_binding()
+        session = self._ort()
+        binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_ortvalue_input(name, ort.OrtValue(value))
         binding.bind_output(constants.LOGITS, "cpu")
         for name in self._present_names:
             binding.bind_output(name, self.device)
-        self._session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return [value._ortvalue for value in binding.get_outputs()]
 
     # ---- shared cache buffers (GroupQueryAttention) ----------------------------------------------
@@ -220,6 +233,7 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
         A decode step is a few Python statements around one C call: the Python between two runs costs
         ~10x what it costs in a warm loop, because each run evicts it from the caches (docs/architecture.md).
         """
+        session = self._ort()
         C, cpu, binding = _c_api(), _cpu_device(), self._binding
         B, S = ids.shape
         # The graph reads each sequence's length from the mask's sum and the step's span from its width
@@ -248,7 +262,7 @@ class OnnxRuntimeBackend(InPlaceContract, Backend):
         # A new logits buffer per run: the caller keeps what it is given (cheaper than copying a bound one).
         logits = np.empty((B, S, self.manifest.dims.vocab_size), np.float32)
         binding.bind_ortvalue_output(constants.LOGITS, C.OrtValue.ortvalue_from_numpy(logits, cpu))
-        self._session._sess.run_with_iobinding(binding, None)
+        session._sess.run_with_iobinding(binding, None)
         return logits[:, -1:] if last_only and S > 1 else logits
 
 

@@ -125,3 +125,13 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(BackendUnavailableError, match="its build failed"):
         native._build(target)
     assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_one_session_in_memory_and_forward_still_works_after_generating(lowered):
+    model = lowered()
+    ids = np.array(_prompts(7, [6]))
+    expected = open_backend(model).prefill_logits(ids)
+    backend = open_backend(model)
+    Generator(backend).generate(ids.tolist(), GenerationConfig(max_new_tokens=3, ignore_eos=True))
+    assert backend._session is None  # the C++ loop holds the model; the Python session was released
+    np.testing.assert_array_equal(backend.prefill_logits(ids), expected)  # reopened for forward
