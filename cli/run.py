@@ -67,7 +67,11 @@ def command(
     typer.echo(
         f"[{result.new_token_count} new tokens | prefill {1000 * result.prefill_seconds:.1f} ms for "
         f"{sum(result.prompt_lengths)} prompt tokens | decode {result.decode_tokens_per_second:.1f} tokens/s | "
-        f"finish: {', '.join(result.finish_reasons)}]", err=True)
+        f"finish: {', '.join(result.finish_reasons)} | loop: {result.loop}]", err=True)
+    from planforge.runtime import native
+
+    if result.loop == "python" and session.device == "cpu" and native.unavailable_reason():
+        typer.echo(f"[the Python generation loop ran: {native.unavailable_reason()}]", err=True)
     if session.manifest.streaming:
         slots = session.manifest.streaming["cache_slots"]
         typer.echo(f"[streaming KV cache: {slots} positions per layer "
@@ -91,12 +95,16 @@ def _prompts(prompt: Optional[list[str]], input_file: Optional[Path]) -> list[st
 
 @contextmanager
 def _input_progress(show: bool, total: int):
-    """A progress bar (stderr) over the prompt tokens a streaming model takes one step at a time."""
+    """A progress bar (stderr) over the prompt tokens a streaming model takes one step at a time; None without
+    one, so the generation loop needs no step callback (and may run in C++)."""
+    if not show:
+        yield None
+        return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("[bold]input"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=Console(stderr=True), transient=True, disable=not show)
+                        console=Console(stderr=True), transient=True)
     with progress:
         task = progress.add_task("input", total=total)
         yield lambda start, logits: progress.update(task, completed=start + logits.shape[1])

@@ -42,6 +42,7 @@ class GenerationResult:
     prompt_lengths: list[int]
     prefill_seconds: float
     decode_seconds: float
+    loop: str = "python"  # which generation loop ran: "python", or "c++" (runtime/native.py)
 
     @property
     def new_token_count(self) -> int:

@@ -168,7 +168,7 @@ class NativeLoop:
             reasons.append(reason.value.decode())
         return GenerationResult(tokens=[tokens[i, :counts[i]].tolist() for i in range(n)], finish_reasons=reasons,
                                 prompt_lengths=[len(p) for p in prompts], prefill_seconds=prefill.value,
-                                decode_seconds=decode.value)
+                                decode_seconds=decode.value, loop="c++")
 
 
 def open_loop(model_dir: Path, threads: Optional[int]) -> Optional[NativeLoop]:

@@ -6,7 +6,10 @@ tokens and at the cache's end; the callback contract; and the cases where the Py
 Needs CMake, a C++ compiler and nlohmann-json (.ci/run installs them); skips, saying which is missing, without.
 """
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,6 +67,7 @@ def test_the_native_loop_picks_the_python_loops_tokens(lowered, dtype, scheme, s
     assert ours.tokens == python.tokens
     assert ours.finish_reasons == python.finish_reasons == ["length"] * 3
     assert ours.prompt_lengths == [5, 17, 9] and ours.prefill_seconds > 0 and ours.decode_seconds > 0
+    assert (ours.loop, python.loop) == ("c++", "python")
 
 
 def test_a_streaming_model_runs_past_its_slots_as_in_python(lowered):
@@ -135,3 +139,13 @@ def test_one_session_in_memory_and_forward_still_works_after_generating(lowered)
     Generator(backend).generate(ids.tolist(), GenerationConfig(max_new_tokens=3, ignore_eos=True))
     assert backend._session is None  # the C++ loop holds the model; the Python session was released
     np.testing.assert_array_equal(backend.prefill_logits(ids), expected)  # reopened for forward
+
+
+def test_planforge_run_says_which_loop_ran(lowered):
+    command = [sys.executable, "-m", "planforge.cli.app", "run", str(lowered()), "-p", "The", "--max-new-tokens", "3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "| loop: c++]" in done.stderr, done.stderr
+    off = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PLANFORGE_NATIVE_LOOP": "0"})
+    assert off.returncode == 0 and "| loop: python]" in off.stderr
+    assert "[the Python generation loop ran: PLANFORGE_NATIVE_LOOP=0]" in off.stderr
