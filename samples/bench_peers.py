@@ -13,8 +13,8 @@ block 32, accuracy level 4). Then, in interleaved rounds that each load every mo
 anew (a session's memory placement moves its speed by several percent), each timed
 generation after a 0.2 s pause (so no other session's threads still spin), it times
 greedy generation of --new-tokens tokens after a --prompt-tokens prompt at every
---batches size: planforge's models with planforge's runtime (its C++ generation loop on the
-graphs over shared cache buffers, the Python one on the portable export; runtime/native.py),
+--batches size: planforge's models with planforge's runtime (its C++ generation loop where it can
+be built, runtime/native.py),
 ORT-GenAI's with its own client, planforge's fp32 graphs and W4A16 g32 with ORT-GenAI's client
 too, and the optimized fp32 graph with planforge's Python loop. Both runtimes
 get --threads intra-op threads. Perplexity: the first --ppl-tokens tokens of
@@ -59,6 +59,7 @@ class Variant:
     decode: dict = field(default_factory=dict)  # batch -> [tok/s per round]
     prefill_ms: list = field(default_factory=list)  # batch 1
     tokens: list = field(default_factory=list)  # greedy tokens of the last batch-1 round
+    loop: str = ""  # planforge's generation loop that ran ("c++" or "python")
     perplexity: float = float("nan")
 
 
@@ -97,6 +98,7 @@ class PlanforgeRunner:
     def generate(self, prompts: np.ndarray, new_tokens: int) -> tuple[float, float, list]:
         """-> (prefill seconds, decode tokens/s over the batch, the first row's tokens)."""
         result = self.generator.generate(prompts.tolist(), GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True))
+        self.loop = result.loop
         return result.prefill_seconds, result.decode_tokens_per_second, result.tokens[0]
 
 
@@ -148,6 +150,7 @@ def measure(variants: list[Variant], args, vocab: int) -> None:
                 time.sleep(SETTLE_SECONDS)
                 prefill, decode, tokens = runner.generate(prompts[batch], args.new_tokens)
                 variant.decode.setdefault(batch, []).append(decode)
+                variant.loop = getattr(runner, "loop", "")
                 if batch == 1:
                     variant.prefill_ms.append(1000 * prefill)
                     variant.tokens = tokens
@@ -211,10 +214,8 @@ def report(variants: list[Variant], args) -> None:
     print(f"command: python samples/bench_peers.py {' '.join(sys.argv[1:])}")
     from planforge.runtime import native
 
-    loops = {v.name: "C++" if open_backend(v.path).native_loop() is not None else "Python"
-             for v in variants if v.client == "planforge"}
-    print("planforge's generation loop (client \"planforge\"): " + ", ".join(f"{name}: {loop}"
-                                                                       for name, loop in loops.items())
+    loops = ", ".join(f"{v.name}: {'C++' if v.loop == 'c++' else 'Python'}" for v in variants if v.client == "planforge")
+    print(f"planforge's generation loop (client \"planforge\"): {loops}"
           + (f" ({native.unavailable_reason()})" if native.unavailable_reason() else ""))
     print(f"greedy, {args.prompt_tokens}-token random prompts, {args.new_tokens} new tokens, {args.rounds} rounds "
           f"(medians [IQR]); perplexity over {args.ppl_tokens} held-out tokens\n")

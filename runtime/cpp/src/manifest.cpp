@@ -54,7 +54,9 @@ Manifest Manifest::parse_checked(const std::string& json_text, const std::string
   if (auto s = data.find("streaming"); s != data.end() && s->is_object() && s->contains("cache_slots")) {
     m.streaming_slots = (*s)["cache_slots"].get<int>();
   }
-  if (auto io = data.find("io"); io != data.end() && io->is_object() && io->contains("kv_cache")) {
+  auto io = data.find("io");
+  if (io != data.end() && io->is_object()) m.shared_kv_buffers = io->value("past_present_share_buffer", false);
+  if (io != data.end() && io->is_object() && io->contains("kv_cache")) {
     m.io_version = io->value("version", 0);
     for (const auto& layer : (*io)["kv_cache"]) {
       m.kv_cache.push_back({layer.at("capacity").get<int>(), layer.value("rolling", false), layer.value("sinks", 0)});
@@ -63,9 +65,6 @@ Manifest Manifest::parse_checked(const std::string& json_text, const std::string
       throw ManifestError(where + ": io.kv_cache lists " + std::to_string(m.kv_cache.size()) + " layers for " +
                           std::to_string(m.dims.num_layers) + ". Rebuild the model with `planforge build`.");
     }
-  }
-  if (auto io = data.find("io"); io != data.end() && io->is_object()) {
-    m.shared_kv_buffers = io->value("past_present_share_buffer", false);
   }
   if (auto ops = data.find("plugin_ops"); ops != data.end() && ops->is_object()) {
     for (const auto& [name, version] : ops->items()) m.plugin_ops[name] = version.get<int>();

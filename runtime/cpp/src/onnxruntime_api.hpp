@@ -32,7 +32,7 @@ struct ApiBase {
   const char* (*GetVersionString)();
 };
 
-// Typed views of the OrtApi slots used.
+// Typed views of the OrtApi slots used. (The process's environment is never released: ReleaseEnv is not here.)
 struct Api {
   explicit Api(const void* const* table) : table_(table) {}
 
@@ -64,7 +64,6 @@ struct Api {
   Status* CreateCpuMemoryInfo(int allocator, int mem_type, MemoryInfo** out) const {
     return call<Status* (*)(int, int, MemoryInfo**)>(69)(allocator, mem_type, out);
   }
-  void ReleaseEnv(Env* p) const { call<void (*)(Env*)>(92)(p); }
   void ReleaseStatus(Status* p) const { call<void (*)(Status*)>(93)(p); }
   void ReleaseMemoryInfo(MemoryInfo* p) const { call<void (*)(MemoryInfo*)>(94)(p); }
   void ReleaseSession(Session* p) const { call<void (*)(Session*)>(95)(p); }

@@ -32,7 +32,7 @@ struct Library {
   std::string version;
 };
 
-const Library& load_library(const Manifest&, const std::string& requested) {
+const Library& load_library(const std::string& requested) {
   static std::mutex lock;
   static std::map<std::string, Library> loaded;
   std::lock_guard<std::mutex> guard(lock);
@@ -80,20 +80,34 @@ struct HostBuffer {
   char* ptr;
 };
 
-// The model's own problem comes before the machine's: a bf16 cache ONNX Runtime cannot run.
-const Manifest& checked_dtype(const std::string& directory, const Manifest& manifest) {
+// ONNX Runtime for this model; the model's own problem (a bf16 cache ONNX Runtime cannot run) comes before the
+// machine's.
+const Library& library_for(const std::string& directory, const Manifest& manifest, const RuntimeOptions& options) {
   if (manifest.dtype != "fp32" && manifest.dtype != "fp16") {
     throw BackendUnavailableError(directory + " holds a " + manifest.dtype + " model, whose KV cache ONNX Runtime's "
                                   "CPU kernels cannot take. Re-export with --dtype fp32 or fp16.");
   }
-  return manifest;
+  return load_library(options.onnxruntime_library);
 }
+
+// The last position's logits of each row: (rows, seq, vocab) -> (rows, vocab).
+std::vector<float> last_positions(const float* logits, int rows, int seq, int vocab) {
+  std::vector<float> last(static_cast<size_t>(rows) * vocab);
+  for (int b = 0; b < rows; ++b) {
+    std::copy_n(logits + (static_cast<size_t>(b) * seq + seq - 1) * vocab, vocab,
+                last.begin() + static_cast<size_t>(b) * vocab);
+  }
+  return last;
+}
+
+// ONNX Runtime only reads its inputs; its C API takes them as non-const all the same.
+void* input(const int64_t* data) { return const_cast<int64_t*>(data); }
 
 // One ONNX Runtime session of a compiled model's model.onnx, and what both cache contracts below need from it.
 class OrtModel {
  public:
   OrtModel(const std::string& directory, const Manifest& manifest, const RuntimeOptions& options)
-      : library_(load_library(checked_dtype(directory, manifest), options.onnxruntime_library)), api(*library_.api) {
+      : library_(library_for(directory, manifest, options)), api(*library_.api) {
     element_bytes = manifest.dtype == "fp32" ? 4 : 2;
     element_type = manifest.dtype == "fp32" ? ort::kFloat : ort::kFloat16;
     const std::string model = directory + "/model.onnx";
@@ -208,15 +222,14 @@ class SharedBufferBackend : public InPlaceBackend {
       throw PromptTooLongError("the KV cache holds " + std::to_string(d.max_seq_len) + " positions (max_seq_len); this "
                                "step needs " + std::to_string(width) + ". Use a shorter prompt or fewer new tokens.");
     }
-    ids_.assign(ids, ids + rows * seq);
-    positions_.assign(positions, positions + rows * seq);
     mask_.assign(static_cast<size_t>(rows) * width, 0);
     for (int b = 0; b < rows; ++b) std::fill_n(mask_.begin() + b * width, lengths[b] + seq, 1);
     logits_.resize(static_cast<size_t>(rows) * seq * d.vocab_size);
     const int64_t r = rows, s = seq;
-    bind(true, "input_ids", tensor(ids_.data(), 8 * ids_.size(), {r, s}, ort::kInt64));
+    const size_t token_bytes = sizeof(int64_t) * rows * seq;
+    bind(true, "input_ids", tensor(input(ids), token_bytes, {r, s}, ort::kInt64));
     bind(true, "attention_mask", tensor(mask_.data(), 8 * mask_.size(), {r, width}, ort::kInt64));
-    bind(true, "position_ids", tensor(positions_.data(), 8 * positions_.size(), {r, s}, ort::kInt64));
+    bind(true, "position_ids", tensor(input(positions), token_bytes, {r, s}, ort::kInt64));
     bind(false, "logits", tensor(logits_.data(), 4 * logits_.size(), {r, s, d.vocab_size}, ort::kFloat));
     if (rows != bound_rows_ || first_row != bound_first_) {  // the cache buffers, or one row's slices of them
       for (size_t i = 0; i < buffers_.size(); ++i) {
@@ -229,12 +242,7 @@ class SharedBufferBackend : public InPlaceBackend {
     }
     release_step_values();
     model_.check(api_.RunWithBinding(model_.session, nullptr, binding_), "run");
-    std::vector<float> last(static_cast<size_t>(rows) * d.vocab_size);
-    for (int b = 0; b < rows; ++b) {
-      std::copy_n(logits_.begin() + (static_cast<size_t>(b) * seq + seq - 1) * d.vocab_size, d.vocab_size,
-                  last.begin() + static_cast<size_t>(b) * d.vocab_size);
-    }
-    return last;
+    return last_positions(logits_.data(), rows, seq, d.vocab_size);
   }
 
   Manifest manifest_;
@@ -243,7 +251,7 @@ class SharedBufferBackend : public InPlaceBackend {
   ort::IoBinding* binding_ = nullptr;
   std::vector<std::unique_ptr<HostBuffer>> buffers_;
   int bound_rows_ = -1, bound_first_ = -1;
-  std::vector<int64_t> ids_, positions_, mask_;
+  std::vector<int64_t> mask_;
   std::vector<float> logits_;
   std::vector<ort::Value*> values_;
 };
@@ -272,11 +280,11 @@ class ConcatCacheBackend : public StepBackend {
 
   std::vector<float> forward(const std::vector<int64_t>& ids, const std::vector<int64_t>& mask,
                              const std::vector<int64_t>& positions, int batch, int seq, int mask_cols) override {
-    ids_ = ids, mask_ = mask, positions_ = positions;
     const int64_t b = batch, s = seq;
-    std::vector<ort::Value*> inputs = {model_.tensor(ids_.data(), 8 * ids_.size(), {b, s}, ort::kInt64),
-                                       model_.tensor(mask_.data(), 8 * mask_.size(), {b, mask_cols}, ort::kInt64),
-                                       model_.tensor(positions_.data(), 8 * positions_.size(), {b, s}, ort::kInt64)};
+    std::vector<ort::Value*> inputs = {
+        model_.tensor(input(ids.data()), 8 * ids.size(), {b, s}, ort::kInt64),
+        model_.tensor(input(mask.data()), 8 * mask.size(), {b, mask_cols}, ort::kInt64),
+        model_.tensor(input(positions.data()), 8 * positions.size(), {b, s}, ort::kInt64)};
     std::vector<ort::Value*> outputs(output_names_.size(), nullptr);  // ONNX Runtime allocates them
     std::vector<const ort::Value*> feeds(inputs.begin(), inputs.end());
     feeds.insert(feeds.end(), pasts_.begin(), pasts_.end());
@@ -290,16 +298,9 @@ class ConcatCacheBackend : public StepBackend {
     release(pasts_);
     pasts_.assign(outputs.begin() + 1, outputs.end());
     void* data = nullptr;
-    const int vocab = manifest_.dims.vocab_size;
     ort::Status* read = api_.GetTensorMutableData(outputs[0], &data);
-    std::vector<float> last(static_cast<size_t>(batch) * vocab);
-    if (!read) {
-      const float* logits = static_cast<const float*>(data);
-      for (int row = 0; row < batch; ++row) {
-        std::copy_n(logits + (static_cast<size_t>(row) * seq + seq - 1) * vocab, vocab,
-                    last.begin() + static_cast<size_t>(row) * vocab);
-      }
-    }
+    std::vector<float> last;
+    if (!read) last = last_positions(static_cast<const float*>(data), batch, seq, manifest_.dims.vocab_size);
     api_.ReleaseValue(outputs[0]);
     model_.check(read, "logits");
     return last;
@@ -318,7 +319,6 @@ class ConcatCacheBackend : public StepBackend {
   const ort::Api& api_;
   std::vector<const char*> input_names_, output_names_;
   std::vector<ort::Value*> pasts_;
-  std::vector<int64_t> ids_, positions_, mask_;
   float empty_ = 0;  // the address of the empty past tensors, which hold no element
 };
 
