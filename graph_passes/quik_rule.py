@@ -4,15 +4,15 @@
 
     x ─► Gather(keep) ─► [Cast] ─► activation QDQ ─► MatMul(·, Ŵ) ─► [Cast] ─► Add ◄─ x[outliers] @ W_out
  => x ─► Reshape (M, K) ─► QuikQuantize(perm = keep ++ outliers) ─► QuikMatMul(packed W_q, s_w, Σ W_q, W_outᵀ)
-      ─► Reshape (..., N)
+      ─► Reshape (..., N) [─► Split: siblings]
 
 The sites are the ones ``ort_sites.match_linear`` finds for the ONNX Runtime
 lowering (one matcher, two targets). Both ops follow ``plugins/w4a4_gemm/reference.py``,
 whose activation codes are the portable quantizer's formula, so the integers are the
 same. Linears that read one input through one quantizer (q/k/v, gate/up) share one
-``QuikQuantize``. Weight-only linears (W4A16) are not QUIK sites: their
-``DequantizeLinear`` + ``MatMul`` is the standard form TensorRT builds INT4 weights
-from, and stays.
+``QuikQuantize`` and one ``QuikMatMul`` over their stacked weights, then a ``Split``.
+Weight-only linears (W4A16) are not QUIK sites: their ``DequantizeLinear`` + ``MatMul``
+is the standard form TensorRT builds INT4 weights from, and stays.
 """
 
 from __future__ import annotations
@@ -63,19 +63,26 @@ class QuikLinearRule:
                                              n_outliers=len(outliers), bits=first.a_bits)
         lead = b.op("Shape", [first.root], "x/lead_dims", start=0, end=-1)
         np_dtype = ir.DataType(first.dtype).numpy()
-        for site in group:
-            n = site.out_features
-            tag = site.name.rsplit(".", 1)[-1]
-            w_out = np.zeros((n, 0), np_dtype) if site.w_out is None else np.ascontiguousarray(site.w_out.T)
-            weights = [b.const(f"{tag}.w_q", pack_codes(site.weight, site.w_bits)),
-                       b.const(f"{tag}.w_scale", np.ascontiguousarray(site.scale[:, 0], np.float32)),
-                       b.const(f"{tag}.w_sum", site.weight.astype(np.float64).sum(axis=1).astype(np.float32)),
-                       b.const(f"{tag}.w_out", w_out.astype(np_dtype))]
-            y = plugin(b, "QuikMatMul", [x_q, x_scale, x_zero, x_out, *weights], f"{tag}/QuikMatMul",
-                       bits=site.w_bits)  # (M, N)
-            shape = b.op("Concat", [lead, b.const(f"{tag}.n", np.array([n], np.int64))], f"{tag}/shape", axis=0)
-            y = b.op("Reshape", [y, shape], f"{tag}/y")  # (..., N)
-            y.type, y.shape = site.y.type, site.y.shape
-            site.y.replace_all_uses_with(y, replace_graph_outputs=True)
+        # Siblings stack along N into one GEMM and split after it: one launch instead of three (q/k/v) or two
+        # (gate/up), and k/v's narrow N no longer leaves most SMs idle at decode. Every output column's sum
+        # and epilogue read only its own weight row, so the stacked GEMM gives each sibling its own numbers.
+        w_outs = [np.zeros((site.out_features, 0), np_dtype) if site.w_out is None else site.w_out.T
+                  for site in group]
+        codes = np.concatenate([site.weight for site in group])
+        weights = [b.const("w_q", pack_codes(codes, first.w_bits)),
+                   b.const("w_scale", np.ascontiguousarray(np.concatenate([site.scale[:, 0] for site in group]),
+                                                           np.float32)),
+                   b.const("w_sum", codes.astype(np.float64).sum(axis=1).astype(np.float32)),
+                   b.const("w_out", np.ascontiguousarray(np.concatenate(w_outs)).astype(np_dtype))]
+        y = plugin(b, "QuikMatMul", [x_q, x_scale, x_zero, x_out, *weights], "QuikMatMul", bits=first.w_bits)
+        n = sum(site.out_features for site in group)
+        shape = b.op("Concat", [lead, b.const("n", np.array([n], np.int64))], "y/shape", axis=0)
+        outputs = [b.op("Reshape", [y, shape], "y")]  # (..., N)
+        if len(group) > 1:
+            sizes = b.const("split", np.array([site.out_features for site in group], np.int64))
+            outputs = b.op("Split", [outputs[0], sizes], "Split", num_outputs=len(group), axis=-1)
+        for site, out in zip(group, outputs):
+            out.type, out.shape = site.y.type, site.y.shape
+            site.y.replace_all_uses_with(out, replace_graph_outputs=True)
         graph.insert_before(anchor, b.nodes)
         graph.remove([node for site in group for node in site.nodes], safe=True)
