@@ -96,3 +96,22 @@ def test_bench_peers_builds_both_sides_and_prints_the_table(tiny_model, tmp_path
     assert rows[1][5] == "1.00x" and all(float(r[6].strip(" |")) > 1 for r in rows[1:]
                                         if "client" not in r[0] and "Python loop" not in r[0])
     assert "same greedy tokens from planforge's runtime and ORT-GenAI's client: yes" in proc.stdout
+
+
+def test_make_scaled_model_writes_a_model_the_exporter_reads_and_refuses_to_overwrite(tmp_path):
+    import json
+
+    out = tmp_path / "scaled"
+    cmd = [sys.executable, str(ROOT / "samples" / "make_scaled_model.py"), str(out), "--hidden", "64",
+           "--intermediate", "128", "--layers", "2", "--heads", "4", "--kv-heads", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())
+    reference = json.loads((ROOT / "samples" / "reference_model" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["head_dim"]) == (64, 2, 16)
+    assert config["vocab_size"] == reference["vocab_size"] and (out / "heldout.txt").is_file()
+    from planforge.exporter.api import ExportOptions, export
+
+    export(str(out), tmp_path / "onnx", ExportOptions())  # a model the exporter takes as it takes the reference one
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "exists" in again.stderr and not (tmp_path / "scaled.partial").exists()
