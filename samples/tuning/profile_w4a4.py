@@ -135,7 +135,8 @@ def summarize(events: list, steps: int, wall_ms: float, linear_mb: float, linear
             "linear_tflop_per_s": linear_gflop / gemm_us * 1e3 if gemm_us else float("nan")}
 
 
-def profile_model(lowered: Path, name: str, vocab: int, device: str, context: int, prefill: int) -> dict:
+def profile_model(lowered: Path, name: str, vocab: int, device: str, context: int, prefill: int,
+                  host_table: bool = False) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from planforge.runtime import open_backend
@@ -201,6 +202,11 @@ def profile_model(lowered: Path, name: str, vocab: int, device: str, context: in
         run_prefill()
     mb, gflop = linear_work(lowered, prefill)
     result["prefill"] = summarize(kernels(prof, cuda), 1, statistics.median(times), mb, gflop)
+    if host_table:  # where the host's time goes in one prefill: the ops by CPU time, with their launches
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            run_prefill()
+        print(f"\n== {name}: host time of one {prefill}-token prefill, by op", flush=True)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
     return result
 
 
@@ -234,6 +240,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/planforge_bench_gpu"), help="where models are built")
     parser.add_argument("--layers", type=int, default=8, help="layers of the 7B-shaped model (of 32)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
+    parser.add_argument("--host-table", action="store_true",
+                        help="also print each prefill's host time by op (torch.profiler CPU table)")
     parser.add_argument("--dry-run", action="store_true",
                         help="the reference model on the CPU, short context: checks the script, measures nothing")
     args = parser.parse_args()
@@ -246,8 +254,8 @@ def main() -> None:
         source = bench_gpu.make_llama_7b_shape(args.work / "llama7b_hf", args.layers)
         vocab, device, context, prefill, work = 32000, "cuda", CONTEXT, PREFILL, args.work / "llama-7b-shape"
     bf16, w4a4 = bench_gpu.compile_model(source, work), bench_gpu.compile_w4a4(source, work)
-    results = [profile_model(bf16, "planforge bf16", vocab, device, context, prefill),
-               profile_model(w4a4, "planforge W4A4", vocab, device, context, prefill)]
+    results = [profile_model(bf16, "planforge bf16", vocab, device, context, prefill, args.host_table),
+               profile_model(w4a4, "planforge W4A4", vocab, device, context, prefill, args.host_table)]
     print(f"\n{torch.cuda.get_device_name() if device == 'cuda' else 'CPU dry run'}, torch {torch.__version__}; "
           f"command: python samples/tuning/profile_w4a4.py {' '.join(sys.argv[1:])}")
     print_tables(results)
