@@ -70,10 +70,9 @@ class QuikLinearRule:
                   for site in group]
         codes = np.concatenate([site.weight for site in group])
         weights = [b.const("w_q", pack_codes(codes, first.w_bits)),
-                   b.const("w_scale", np.ascontiguousarray(np.concatenate([site.scale[:, 0] for site in group]),
-                                                           np.float32)),
+                   b.const("w_scale", np.concatenate([site.scale[:, 0] for site in group]).astype(np.float32)),
                    b.const("w_sum", codes.astype(np.float64).sum(axis=1).astype(np.float32)),
-                   b.const("w_out", np.ascontiguousarray(np.concatenate(w_outs)).astype(np_dtype))]
+                   b.const("w_out", np.concatenate(w_outs).astype(np_dtype))]
         y = plugin(b, "QuikMatMul", [x_q, x_scale, x_zero, x_out, *weights], "QuikMatMul", bits=first.w_bits)
         n = sum(site.out_features for site in group)
         shape = b.op("Concat", [lead, b.const("n", np.array([n], np.int64))], "y/shape", axis=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,10 +50,13 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(config).eval()
     partial = args.out.with_name(args.out.name + ".partial")  # written whole, then renamed: no half directory
-    model.save_pretrained(partial)
-    for name in COPIED:
-        (partial / name).write_bytes((REFERENCE / name).read_bytes())
-    partial.rename(args.out)
+    try:
+        model.save_pretrained(partial)
+        for name in COPIED:
+            (partial / name).write_bytes((REFERENCE / name).read_bytes())
+        partial.rename(args.out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # left only if something above failed
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out}: {params / 1e6:.1f}M parameters, hidden {args.hidden}, {args.layers} layers", file=sys.stderr)
 

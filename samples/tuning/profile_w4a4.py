@@ -64,19 +64,24 @@ def busy_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def weight_breakdown(lowered: Path) -> dict[str, float]:
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def _bits(node: onnx.NodeProto) -> int:
+    return next(a.i for a in node.attribute if a.name == "bits")
+
+
+def weight_breakdown(model: onnx.ModelProto) -> dict[str, float]:
     """MB of the lowered graph's constant tensors, by what reads them."""
-    model = onnx.load(str(lowered / "model.onnx"), load_external_data=False)
-    size = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-            for t in model.graph.initializer}
+    size = {t.name: _nbytes(t) for t in model.graph.initializer}
     parts: dict[str, float] = {}
     for node in model.graph.node:
         for name in node.input:
             if name not in size:
                 continue
             if node.op_type == "QuikMatMul":
-                bits = next(a.i for a in node.attribute if a.name == "bits")
-                part = f"W4A4 linears ({bits}-bit)"
+                part = f"W4A4 linears ({_bits(node)}-bit)"
             elif node.op_type in LINEAR_OPS:
                 part = "float linears"
             elif node.op_type == "Gather":
@@ -88,25 +93,19 @@ def weight_breakdown(lowered: Path) -> dict[str, float]:
     return parts
 
 
-def linear_work(lowered: Path, tokens: int) -> tuple[float, float]:
-    """(MB of linear weights read, GFLOP done) by the linears of one step over ``tokens`` tokens."""
-    model = onnx.load(str(lowered / "model.onnx"), load_external_data=False)
+def linear_shapes(model: onnx.ModelProto) -> tuple[float, float]:
+    """(MB of linear weights a step reads, Σ N·K over the linears): a step over T tokens does 2·T·Σ N·K FLOPs."""
     inits = {t.name: t for t in model.graph.initializer}
-    itemsize = lambda t: onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize  # noqa: E731
-    mb = flops = 0.0
+    mb = nk = 0.0
     for node in model.graph.node:
         weights = [inits[n] for n in node.input if n in inits]
         if node.op_type not in LINEAR_OPS or not weights:
             continue
-        mb += sum(int(np.prod(t.dims)) * itemsize(t) for t in weights) / 1e6
+        mb += sum(_nbytes(t) for t in weights) / 1e6
         w = weights[0]  # MatMul: (K, N); QuikMatMul: packed codes (N, K·bits/8), outliers are 0 columns here
-        if node.op_type == "QuikMatMul":
-            bits = next(a.i for a in node.attribute if a.name == "bits")
-            n, k = w.dims[0], w.dims[1] * 8 // bits
-        else:
-            k, n = w.dims[-2], w.dims[-1]
-        flops += 2.0 * tokens * n * k / 1e9
-    return mb, flops
+        n, k = (w.dims[0], w.dims[1] * 8 // _bits(node)) if node.op_type == "QuikMatMul" else (w.dims[-1], w.dims[-2])
+        nk += n * k
+    return mb, nk
 
 
 def kernels(prof, activity_cuda: bool) -> list[tuple[str, float, float]]:
@@ -146,22 +145,24 @@ def profile_model(lowered: Path, name: str, vocab: int, device: str, context: in
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     rng = np.random.default_rng(0)
-    result = {"name": name, "weights_mb": weight_breakdown(lowered), "context": context, "prefill_tokens": prefill}
+    model = onnx.load(str(lowered / "model.onnx"), load_external_data=False)
+    result = {"name": name, "weights_mb": weight_breakdown(model), "context": context, "prefill_tokens": prefill}
+    linear_mb, linear_nk = linear_shapes(model)
+    gflop = lambda tokens: 2.0 * tokens * linear_nk / 1e9  # noqa: E731
 
     # decode: wall time from the CUDA-graph step (what bench_gpu.py times), kernels from eager steps
     ids = rng.integers(1, vocab, (DECODE_BATCH, context))
-    side = bench_gpu.PlanforgeSide(lowered, name) if cuda else None
     walls = []
-    for _ in range(3):
-        if side is None:
-            break
-        cache = side.prefill(ids)
-        sync()
-        start = time.perf_counter()
-        side.decode(cache, ids, 16)
-        sync()
-        walls.append((time.perf_counter() - start) / 16 * 1e3)
-    del side
+    if cuda:
+        side = bench_gpu.PlanforgeSide(lowered, name)
+        for _ in range(3):
+            cache = side.prefill(ids)
+            sync()
+            start = time.perf_counter()
+            side.decode(cache, ids, 16)
+            sync()
+            walls.append((time.perf_counter() - start) / 16 * 1e3)
+        del side
     eager = open_backend(lowered, "torch", device=device, cuda_graphs=False)
     _, cache = eager.forward(ids, np.ones(ids.shape, np.int64), np.tile(np.arange(context), (DECODE_BATCH, 1)),
                              eager.empty_cache(DECODE_BATCH), last_only=True)
@@ -179,8 +180,8 @@ def profile_model(lowered: Path, name: str, vocab: int, device: str, context: in
         cache = steps(cache, 8, 2)
         sync()
     eager_ms = (time.perf_counter() - start) / 8 * 1e3
-    mb, gflop = linear_work(lowered, DECODE_BATCH)
-    result["decode"] = summarize(kernels(prof, cuda), 8, statistics.median(walls) if walls else eager_ms, mb, gflop)
+    result["decode"] = summarize(kernels(prof, cuda), 8, statistics.median(walls) if walls else eager_ms, linear_mb,
+                                 gflop(DECODE_BATCH))
     result["decode"]["eager_wall_ms"] = eager_ms
     del cache
 
@@ -200,8 +201,7 @@ def profile_model(lowered: Path, name: str, vocab: int, device: str, context: in
         times.append((time.perf_counter() - start) * 1e3)
     with profile(activities=activities) as prof:
         run_prefill()
-    mb, gflop = linear_work(lowered, prefill)
-    result["prefill"] = summarize(kernels(prof, cuda), 1, statistics.median(times), mb, gflop)
+    result["prefill"] = summarize(kernels(prof, cuda), 1, statistics.median(times), linear_mb, gflop(prefill))
     if host_table:  # where the host's time goes in one prefill: the ops by CPU time, with their launches
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             run_prefill()
